@@ -1,0 +1,143 @@
+"""Optimizer step time of the GC optimizers against torch.optim.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+
+The parameter set is every trainable tensor of MMDetection's own Mask R-CNN
+R50-FPN 1x config (``init_cfg=None``: nothing is downloaded), with fixed
+random gradients. Every optimizer steps its own copy of the parameters; the
+rows are timed round-robin in one run so that machine noise hits them
+alike, and the median step time of each is printed with its ratio to the
+best torch.optim row of the same family.
+
+Usage::
+
+    python benchmarks/bench_step.py [--steps 20] [--rows SGD]
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch import Tensor
+
+import mmdet_gc
+from mmdet_gc.functional import is_centralized
+
+SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+
+
+def mask_rcnn_params() -> List[Tensor]:
+    """Trainable parameters of mmdet's Mask R-CNN R50-FPN 1x (detached)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    cfg = Config.fromfile('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    return [p.detach() for p in model.parameters() if p.requires_grad]
+
+
+class NaiveSGD_GC:
+    """A per-tensor loop that allocates a tensor per operation.
+
+    The shape of the public reference code, ported to today's torch: it is
+    the baseline that a fused, in-place kernel has to beat.
+    """
+
+    def __init__(self, params: List[Tensor], lr: float, momentum: float,
+                 weight_decay: float) -> None:
+        self.params = params
+        self.lr, self.momentum, self.wd = lr, momentum, weight_decay
+        self.bufs: Dict[int, Tensor] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            d = p.grad + self.wd * p
+            if is_centralized(p, conv_only=False):
+                d = d - d.mean(dim=tuple(range(1, d.dim())), keepdim=True)
+            buf = self.bufs.get(i)
+            buf = d.clone() if buf is None else self.momentum * buf + d
+            self.bufs[i] = buf
+            p.sub_(self.lr * buf)
+
+
+def sgd_rows() -> Dict[str, Callable]:
+    return {
+        'torch.optim.SGD (foreach)':
+        lambda ps: torch.optim.SGD(ps, foreach=True, **SGD_HYPER),
+        'torch.optim.SGD (for-loop)':
+        lambda ps: torch.optim.SGD(ps, foreach=False, **SGD_HYPER),
+        'SGD_GC (single-tensor)':
+        lambda ps: mmdet_gc.SGD_GC(ps, foreach=False, **SGD_HYPER),
+        'SGD_GC (foreach)':
+        lambda ps: mmdet_gc.SGD_GC(ps, foreach=True, **SGD_HYPER),
+        'SGD_GCC (single-tensor)':
+        lambda ps: mmdet_gc.SGD_GCC(ps, foreach=False, **SGD_HYPER),
+        'naive per-tensor SGD_GC loop':
+        lambda ps: NaiveSGD_GC(ps, **SGD_HYPER),
+    }
+
+
+FAMILIES = {'SGD': sgd_rows}
+
+
+def bench(family: str, base: List[Tensor], grads: List[Tensor], steps: int,
+          warmup: int) -> None:
+    rows = FAMILIES[family]()
+    opts = {}
+    for name, make in rows.items():
+        params = [p.clone().requires_grad_() for p in base]
+        for p, g in zip(params, grads):
+            p.grad = g  # shared, read-only: no optimizer writes a gradient
+        opts[name] = make(params)
+    times: Dict[str, List[float]] = {name: [] for name in rows}
+    for it in range(warmup + steps):
+        for name, opt in opts.items():  # round-robin: same noise for all
+            t0 = time.perf_counter()
+            opt.step()
+            if it >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    best_name = min((n for n in med if n.startswith('torch.optim')),
+                    key=med.get)
+    print(f'\n{family} family: median of {steps} steps '
+          f'(after {warmup} warm-up), ratio to {best_name}')
+    print(f'| {"optimizer":<34} | {"ms / step":>9} | {"ratio":>6} |')
+    print(f'|{"-" * 36}|{"-" * 11}|{"-" * 8}|')
+    for name in rows:
+        print(f'| {name:<34} | {med[name] * 1e3:9.1f} | '
+              f'{med[name] / med[best_name]:5.2f}x |')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument(
+        '--rows',
+        nargs='+',
+        default=list(FAMILIES),
+        choices=list(FAMILIES),
+        help='optimizer families to time')
+    parser.add_argument('--threads', type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    base = mask_rcnn_params()
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in base]
+    n = sum(p.numel() for p in base)
+    print(f'Mask R-CNN R50-FPN: {n / 1e6:.1f}M trainable parameters in '
+          f'{len(base)} tensors; torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads')
+    for family in args.rows:
+        bench(family, base, grads, args.steps, args.warmup)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,117 @@
+"""What every GC optimizer shares: argument checks and parameter gathering.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+"""
+import warnings
+from typing import Any, Dict, Iterable, List, Tuple
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..functional import is_centralized
+
+
+def check_non_negative(**values: float) -> None:
+    """Raise ``ValueError`` naming the first negative hyper-parameter."""
+    for name, value in values.items():
+        if value < 0.0:
+            raise ValueError(f'Invalid {name}: {value} (must be >= 0)')
+
+
+def _is_flattened(p: Tensor) -> bool:
+    """A 1-D tensor that stands for a flattened matrix, where detectable.
+
+    FSDP1 marks its flat parameters (and their ``use_orig_params`` views)
+    with ``_fsdp_flattened``; DeepSpeed ZeRO-3 keeps the real shape in
+    ``ds_shape``. ZeRO-1/2 flat partitions carry no mark and cannot be told
+    apart from a bias.
+    """
+    return p.dim() == 1 and (getattr(p, '_fsdp_flattened', False) or getattr(
+        p, '_is_flat_param', False) or len(getattr(p, 'ds_shape', ())) > 1)
+
+
+_warned: set = set()
+
+
+def warn_if_flattened(params: Iterable[Tensor], owner: str) -> None:
+    """Warn once per process when GC would silently skip flat matrices."""
+    flat = [p for p in params if _is_flattened(p)]
+    if flat and owner not in _warned:
+        _warned.add(owner)
+        warnings.warn(
+            f'{owner}: {len(flat)} parameter(s) are flattened or sharded '
+            'matrices (FSDP1 flat parameters or DeepSpeed ZeRO partitions); '
+            'they are 1-D, so GC cannot find their output rows and skips '
+            'them. Shard along dim 0 instead (FSDP2 fully_shard keeps each '
+            'output row on one rank, so per-row GC stays exact there).',
+            stacklevel=3)
+
+
+class GCOptimizer(Optimizer):
+    """Base of the GC optimizers: GC switches that live in param groups.
+
+    Two param-group keys control GC, so MMEngine's ``paramwise_cfg`` can set
+    them per group (e.g. ``custom_keys={'rpn_head': dict(gc=False)}``):
+
+    - ``gc`` (bool): centralize this group's weights at all.
+    - ``gc_conv_only`` (bool): centralize only tensors with ``ndim > 3``
+      (conv weights: the ``_GCC`` rule) instead of every tensor with
+      ``ndim > 1`` (conv and fc weights: the ``_GC`` rule).
+
+    Subclasses set :attr:`gc_conv_only` (the default of that key) and
+    :attr:`base_algorithm`, build
+    ``defaults`` and implement ``step``.
+    """
+
+    #: Default of the ``gc_conv_only`` param-group key for this class.
+    gc_conv_only: bool = False
+    #: Name of the torch.optim optimizer this one adds GC to.
+    base_algorithm: str = ''
+
+    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+        defaults.setdefault('gc', True)
+        if defaults.get('gc_conv_only') is None:
+            defaults['gc_conv_only'] = self.gc_conv_only
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        warn_if_flattened(self.param_groups[-1]['params'], type(self).__name__)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault('gc', True)
+            group.setdefault('gc_conv_only', self.gc_conv_only)
+            group.setdefault('maximize', False)
+            group.setdefault('foreach', None)
+
+    def _gather(
+        self,
+        group: Dict[str,
+                    Any]) -> Tuple[List[Tensor], List[Tensor], List[bool]]:
+        """Parameters of ``group`` that have a gradient, with the GC mask."""
+        params, grads, centralized = [], [], []
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f'{type(self).__name__} does not support sparse '
+                    f'gradients (parameter of shape {tuple(p.shape)}); GC '
+                    'is defined on dense weight gradients. Put sparse '
+                    'embeddings in another optimizer.')
+            params.append(p)
+            grads.append(p.grad)
+            centralized.append(
+                bool(group['gc'])
+                and is_centralized(p, bool(group['gc_conv_only'])))
+        return params, grads, centralized
+
+    @staticmethod
+    def _closure_loss(closure: Any) -> Any:
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()

@@ -1,0 +1,62 @@
+"""Registration of mmdet-gc's modules in MMEngine's root registries.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+
+The root registries are the parents of mmdet's (``mmdet.registry.
+OPTIMIZERS`` ...), so the names resolve under the ``mmdet`` scope and any
+other downstream scope. One function per family, as
+``mmengine/optim/optimizer/builder.py`` has.
+"""
+from typing import Dict, List
+
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
+
+
+def _qualname(obj: object) -> str:
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+
+def register_modules(registry: Registry, classes: Dict[str,
+                                                       type]) -> List[str]:
+    """Register ``classes`` (name -> class) in ``registry``.
+
+    Idempotent: a name already bound to the same class (also after a module
+    reload) is left as it is. A name that something else registered first
+    raises a ``KeyError`` naming both, instead of shadowing it (no
+    ``force=True``).
+
+    Args:
+        registry (Registry): An MMEngine registry.
+        classes (dict[str, type]): Registry names and classes.
+
+    Returns:
+        list[str]: The names that were newly registered.
+    """
+    added = []
+    for name, cls in classes.items():
+        existing = registry.module_dict.get(name)
+        if existing is not None:
+            if _qualname(existing) == _qualname(cls):
+                continue
+            raise KeyError(
+                f'mmdet_gc cannot register {name!r} ({_qualname(cls)}): '
+                f'MMEngine\'s {registry.name} registry already holds '
+                f'{_qualname(existing)} under that name. Remove the other '
+                'registration or import only one of them.')
+        registry.register_module(name=name, module=cls)
+        added.append(name)
+    return added
+
+
+def register_gc_optimizers() -> List[str]:
+    """Register the 14 GC optimizers in ``OPTIMIZERS``."""
+    from .optim import GC_OPTIMIZERS
+    return register_modules(OPTIMIZERS, GC_OPTIMIZERS)
+
+
+def register_gc_optim_wrapper_constructors() -> List[str]:
+    """Register ``GCOptimWrapperConstructor`` (GC for any optimizer)."""
+    from .optim.any_optimizer import GCOptimWrapperConstructor
+    return register_modules(
+        OPTIM_WRAPPER_CONSTRUCTORS,
+        {'GCOptimWrapperConstructor': GCOptimWrapperConstructor})

@@ -1,0 +1,160 @@
+"""Config preparation and input checks shared by ``tools/train.py`` and
+``tools/test.py``.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+
+Every check here runs before MMEngine's ``Runner`` is built, so bad input
+stops the tool with a message that names the problem before any work
+directory, log or checkpoint is touched.
+"""
+import os
+import os.path as osp
+from typing import Iterator, List, Optional, Tuple
+
+from mmengine.config import Config, ConfigDict
+
+from .optim import GC_OPTIMIZERS
+
+
+class InputError(ValueError):
+    """Bad user input (config, paths, flags), found before any work."""
+
+
+def _gc_names() -> str:
+    return ', '.join(GC_OPTIMIZERS)
+
+
+def apply_gc(cfg: Config, name: str) -> None:
+    """Switch ``cfg``'s optimizer to the GC optimizer ``name`` in place.
+
+    Every other optimizer argument (lr, momentum, weight decay, ...) and the
+    rest of ``optim_wrapper`` (clipping, ``paramwise_cfg``) stay as they
+    are, so a run differs from its baseline in GC only.
+
+    Args:
+        cfg (Config): A training config with ``optim_wrapper.optimizer``.
+        name (str): A GC optimizer, e.g. ``'SGD_GC'``.
+
+    Raises:
+        InputError: Unknown ``name``, a config without an optimizer, or an
+            optimizer of another algorithm (e.g. ``SGD_GC`` over AdamW).
+    """
+    if name not in GC_OPTIMIZERS:
+        raise InputError(f'unknown GC optimizer {name!r} for --gc; '
+                         f'choose one of: {_gc_names()}')
+    optimizer = cfg.get('optim_wrapper', {}).get('optimizer')
+    if optimizer is None:
+        raise InputError('--gc needs a config with optim_wrapper.optimizer')
+    current = optimizer.get('type')
+    current = getattr(current, '__name__', current)
+    base = GC_OPTIMIZERS[name].base_algorithm
+    known = GC_OPTIMIZERS.get(current)
+    current_base = known.base_algorithm if known else current
+    if current_base != base:
+        raise InputError(
+            f'--gc {name} is {base} with GC, but the config trains with '
+            f'{current}; pick the GC optimizer of the same algorithm so '
+            'that its arguments carry over')
+    optimizer['type'] = name
+
+
+def check_optimizer(cfg: Config) -> None:
+    """Fail early when the config's optimizer type cannot be built."""
+    from mmdet.registry import OPTIMIZERS
+    optimizer = cfg.get('optim_wrapper', {}).get('optimizer')
+    if optimizer is None:
+        return
+    name = optimizer.get('type')
+    if not isinstance(name, str):
+        return
+    if OPTIMIZERS.get(name) is None:
+        raise InputError(
+            f'unknown optimizer type {name!r} in optim_wrapper.optimizer; '
+            f'the GC optimizers are: {_gc_names()} (and every '
+            'torch.optim optimizer). If the name comes from another '
+            'package, add it to custom_imports')
+
+
+def _datasets(dataset: dict) -> Iterator[dict]:
+    """The leaf datasets of a dataset config (through mmdet's wrappers)."""
+    if 'datasets' in dataset:
+        for child in dataset['datasets']:
+            yield from _datasets(child)
+    elif 'dataset' in dataset:
+        yield from _datasets(dataset['dataset'])
+    else:
+        yield dataset
+
+
+def _is_local(path: str) -> bool:
+    return '://' not in path
+
+
+def dataset_paths(cfg: Config,
+                  loaders: Tuple[str, ...]) -> List[Tuple[str, str, str]]:
+    """``(loader, what, path)`` for every annotation file and image folder.
+
+    Args:
+        cfg (Config): The config.
+        loaders (tuple[str]): Dataloader keys, e.g. ``('train_dataloader',
+            'val_dataloader')``.
+    """
+    out = []
+    for key in loaders:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        for ds in _datasets(loader['dataset']):
+            root = ds.get('data_root') or ''
+            ann = ds.get('ann_file')
+            if ann:
+                out.append((key, 'annotation file', osp.join(root, ann)))
+            prefix = ds.get('data_prefix') or {}
+            img = prefix.get('img', prefix.get('img_path'))
+            if img is not None:
+                out.append((key, 'image folder', osp.join(root, img)))
+    for key in ('val_evaluator', 'test_evaluator'):
+        metrics = cfg.get(key) or []
+        for metric in metrics if isinstance(metrics, list) else [metrics]:
+            ann = metric.get('ann_file')
+            if key.split('_')[0] + '_dataloader' in loaders and ann:
+                out.append((key, 'annotation file', ann))
+    return out
+
+
+def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
+    """Fail early, naming each missing annotation file or image folder."""
+    missing = []
+    for key, what, path in dataset_paths(cfg, loaders):
+        if not _is_local(path):
+            continue
+        exists = osp.isfile(path) if what == 'annotation file' else \
+            osp.isdir(path)
+        if not exists:
+            missing.append(f'  {key}: {what} not found: {path}')
+    if missing:
+        raise InputError(
+            'the dataset in the config is not where it says:\n' +
+            '\n'.join(missing) + '\nfix data_root / ann_file / data_prefix '
+            "(e.g. --cfg-options train_dataloader.dataset.data_root=...)")
+
+
+def check_checkpoint(path: Optional[str], what: str) -> None:
+    """Fail early when a local checkpoint path does not exist."""
+    if path and _is_local(path) and not osp.isfile(path):
+        raise InputError(f'{what} checkpoint not found: {path}')
+
+
+def use_cpu_distributed(cfg: Config) -> None:
+    """Let ``--launcher pytorch`` run on CPU-only machines (gloo, no GPU).
+
+    MMEngine defaults to NCCL and passes ``device_ids=[LOCAL_RANK]`` to
+    DDP, both of which need CUDA.
+    """
+    env = cfg.setdefault('env_cfg', ConfigDict())
+    env.setdefault('dist_cfg', ConfigDict())['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
+        type='MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')

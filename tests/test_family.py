@@ -1,0 +1,399 @@
+"""The whole GC optimizer family against float64 references from the maths.
+
+Each optimizer is torch.optim's algorithm with GC where the paper puts it
+(Yong et al., ECCV 2020, arXiv:2004.01461; ``gc-semantics`` in the docs):
+parameters and every state tensor are compared with a reference written
+here, every step, for both kernels; with GC off each equals its torch.optim
+counterpart exactly; the "2" variants keep the row means of centralized
+weights.
+"""
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+import mmdet_gc
+from mmdet_gc import GC_OPTIMIZERS
+
+
+def product(*lists):
+    return list(itertools.product(*lists))
+
+
+DT = torch.float64
+STEPS = 10
+SHAPES = {
+    'conv': (6, 3, 3, 3),
+    'fc': (5, 7),
+    'conv1d': (4, 3, 5),
+    'bias': (5, ),
+}
+
+
+def make_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(s, generator=g, dtype=DT).requires_grad_()
+        for k, s in SHAPES.items()
+    }
+
+
+def grad_for(name, step, shape):
+    if name == 'fc' and step % 4 == 2:  # no gradient on some steps
+        return None
+    g = torch.Generator().manual_seed(7919 * step + len(name) * 31 + shape[0])
+    return torch.randn(shape, generator=g, dtype=DT)
+
+
+def set_grads(params, step):
+    for k, p in params.items():
+        p.grad = grad_for(k, step, p.shape)
+
+
+def gc(t, on):
+    if not on:
+        return t
+    return t - t.mean(dim=tuple(range(1, t.dim())), keepdim=True)
+
+
+# --------------------------------------------------------------------------
+# References, one step of one tensor; ``st`` is the optimizer state.
+# --------------------------------------------------------------------------
+
+
+def ref_sgdw(p,
+             g,
+             st,
+             cen,
+             lr,
+             momentum=0.,
+             weight_decay=0.,
+             maximize=False,
+             **_):
+    d = gc(-g if maximize else g, cen)
+    if momentum:
+        buf = st.get('momentum_buffer')
+        st['momentum_buffer'] = d.clone() if buf is None else \
+            momentum * buf + d
+        d = st['momentum_buffer']
+    return p - lr * d - lr * weight_decay * p
+
+
+def _adam_moments(g, st, betas, amsgrad):
+    if not st:
+        st.update(
+            step=torch.tensor(0.),
+            exp_avg=torch.zeros_like(g),
+            exp_avg_sq=torch.zeros_like(g))
+        if amsgrad:
+            st['max_exp_avg_sq'] = torch.zeros_like(g)
+    st['step'] = st['step'] + 1
+    t = st['step'].item()
+    b1, b2 = betas
+    st['exp_avg'] = b1 * st['exp_avg'] + (1 - b1) * g
+    st['exp_avg_sq'] = b2 * st['exp_avg_sq'] + (1 - b2) * g * g
+    v = st['exp_avg_sq']
+    if amsgrad:
+        st['max_exp_avg_sq'] = torch.maximum(st['max_exp_avg_sq'], v)
+        v = st['max_exp_avg_sq']
+    return t, v
+
+
+def ref_adam(p, g, st, cen, lr, betas, eps, weight_decay, amsgrad, maximize,
+             decoupled, on_update):
+    g = -g if maximize else g
+    if not decoupled:
+        g = g + weight_decay * p
+    if not on_update:
+        g = gc(g, cen)
+    t, v = _adam_moments(g, st, betas, amsgrad)
+    bc1, bc2 = 1 - betas[0]**t, 1 - betas[1]**t
+    delta = lr / bc1 * st['exp_avg'] / (v.sqrt() / math.sqrt(bc2) + eps)
+    if decoupled:
+        delta = delta + lr * weight_decay * p
+    return p - gc(delta, cen and on_update)
+
+
+def ref_adagrad(p,
+                g,
+                st,
+                cen,
+                lr,
+                lr_decay,
+                weight_decay,
+                eps,
+                maximize=False,
+                initial_accumulator_value=0.):
+    if not st:
+        st.update(
+            step=torch.tensor(0.),
+            sum=torch.full_like(p, initial_accumulator_value))
+    st['step'] = st['step'] + 1
+    d = gc((-g if maximize else g) + weight_decay * p, cen)
+    clr = lr / (1 + (st['step'].item() - 1) * lr_decay)
+    st['sum'] = st['sum'] + d * d
+    return p - clr * d / (st['sum'].sqrt() + eps)
+
+
+def reference_for(name):
+    cls = GC_OPTIMIZERS[name]
+    if cls.base_algorithm == 'SGDW':
+        return ref_sgdw
+    if cls.base_algorithm == 'Adagrad':
+        return ref_adagrad
+
+    def ref(p, g, st, cen, **h):
+        h.setdefault('betas', (0.9, 0.999))
+        h.setdefault('eps', 1e-8)
+        h.setdefault('amsgrad', False)
+        h.setdefault('maximize', False)
+        h.setdefault('weight_decay', 1e-2 if cls.decoupled else 0.)
+        return ref_adam(
+            p,
+            g,
+            st,
+            cen,
+            decoupled=cls.decoupled,
+            on_update=cls.gc_on_update,
+            **h)
+
+    return ref
+
+
+HYPER = {
+    'SGDW': [
+        dict(lr=0.05, momentum=0.9),
+        dict(lr=0.05, momentum=0.9, weight_decay=0.1),
+        dict(lr=0.05, weight_decay=0.1, maximize=True),
+    ],
+    'Adam': [
+        dict(lr=1e-2),
+        dict(lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99)),
+        dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True),
+    ],
+    'AdamW': [
+        dict(lr=1e-2, weight_decay=0.),
+        dict(lr=1e-2, weight_decay=0.1),
+        dict(lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True),
+    ],
+    'Adagrad': [
+        dict(lr=0.1, lr_decay=0., weight_decay=0., eps=1e-10),
+        dict(
+            lr=0.1,
+            lr_decay=0.01,
+            weight_decay=0.1,
+            eps=1e-10,
+            initial_accumulator_value=0.1),
+        dict(lr=0.1, lr_decay=0., weight_decay=0.1, eps=1e-10, maximize=True),
+    ],
+}
+FAMILY = [n for n in GC_OPTIMIZERS if not n.startswith('SGD_')]
+CASES = [(n, f, h) for n in FAMILY for f in (False, True)
+         for h in HYPER[GC_OPTIMIZERS[n].base_algorithm]]
+
+
+def test_all_fourteen_are_registered():
+    from mmdet.registry import OPTIMIZERS
+    assert len(GC_OPTIMIZERS) == 14
+    for name, cls in GC_OPTIMIZERS.items():
+        assert OPTIMIZERS.get(name) is cls
+
+
+def _state_tensors(st):
+    return {k: v for k, v in st.items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize('name,foreach,hyper', CASES)
+def test_matches_reference_every_step(name, foreach, hyper):
+    cls = GC_OPTIMIZERS[name]
+    params = make_params()
+    opt = cls(params.values(), foreach=foreach, **hyper)
+    ref = reference_for(name)
+    ref_p = {k: p.detach().clone() for k, p in params.items()}
+    ref_st = {k: {} for k in params}
+    for step in range(STEPS):
+        set_grads(params, step)
+        opt.step()
+        for k, p in params.items():
+            g = grad_for(k, step, p.shape)
+            if g is None:
+                continue
+            cen = p.dim() > (3 if cls.gc_conv_only else 1)
+            ref_p[k] = ref(ref_p[k], g, ref_st[k], cen, **hyper)
+        for k, p in params.items():
+            torch.testing.assert_close(
+                p.detach(), ref_p[k], rtol=1e-9, atol=1e-12, msg=k)
+            ours = _state_tensors(opt.state[p])
+            theirs = _state_tensors(ref_st[k])
+            if name.startswith('Adagrad') or ref_st[k]:
+                assert ours.keys() == theirs.keys(), k
+            for key in theirs:
+                torch.testing.assert_close(
+                    ours[key].to(DT),
+                    theirs[key].to(DT),
+                    rtol=1e-9,
+                    atol=1e-12,
+                    msg=f'{k}.{key}')
+
+
+@pytest.mark.parametrize('name,hyper',
+                         [(n, h) for n in FAMILY
+                          for h in HYPER[GC_OPTIMIZERS[n].base_algorithm]])
+def test_foreach_matches_single_tensor_kernel(name, hyper):
+    cls = GC_OPTIMIZERS[name]
+    runs = []
+    for foreach in (False, True):
+        params = make_params()
+        opt = cls(params.values(), foreach=foreach, **hyper)
+        trace = []
+        for step in range(STEPS):
+            set_grads(params, step)
+            opt.step()
+            trace.append(({
+                k: p.detach().clone()
+                for k, p in params.items()
+            }, copy.deepcopy([opt.state[p] for p in params.values()])))
+        runs.append(trace)
+    for (p1, s1), (p2, s2) in zip(*runs):
+        for k in SHAPES:
+            torch.testing.assert_close(p1[k], p2[k], rtol=1e-13, atol=1e-15)
+        for a, b in zip(s1, s2):
+            assert a.keys() == b.keys()
+            for key in a:
+                torch.testing.assert_close(
+                    a[key], b[key], rtol=1e-13, atol=1e-15)
+
+
+TORCH_TWIN = {
+    'SGD': torch.optim.SGD,
+    'Adam': torch.optim.Adam,
+    'AdamW': torch.optim.AdamW,
+    'Adagrad': torch.optim.Adagrad
+}
+
+
+@pytest.mark.parametrize(
+    'name,foreach,hyper',
+    [c for c in CASES if GC_OPTIMIZERS[c[0]].base_algorithm in TORCH_TWIN])
+def test_gc_off_equals_torch_exactly(name, foreach, hyper):
+    cls = GC_OPTIMIZERS[name]
+    a, b = make_params(), make_params()
+    ours = cls([dict(params=list(a.values()), gc=False)],
+               foreach=foreach,
+               **hyper)
+    theirs = TORCH_TWIN[cls.base_algorithm](
+        b.values(), foreach=foreach, **hyper)
+    for step in range(STEPS):
+        set_grads(a, step)
+        set_grads(b, step)
+        ours.step()
+        theirs.step()
+        for k in SHAPES:
+            assert torch.equal(a[k], b[k]), (k, step)
+            sa, sb = ours.state[a[k]], theirs.state[b[k]]
+            assert sa.keys() == sb.keys()
+            for key in sa:
+                assert torch.equal(sa[key], sb[key]), (k, key)
+
+
+def test_sgdw_without_decay_and_gc_equals_torch_sgd():
+    a, b = make_params(), make_params()
+    hyper = dict(lr=0.05, momentum=0.9, nesterov=True)
+    ours = mmdet_gc.SGDW_GC(a.values(), gc=False, **hyper)
+    theirs = torch.optim.SGD(b.values(), **hyper)
+    for step in range(STEPS):
+        set_grads(a, step)
+        set_grads(b, step)
+        ours.step()
+        theirs.step()
+    for k in SHAPES:
+        assert torch.equal(a[k], b[k])
+
+
+@pytest.mark.parametrize(
+    'name,foreach',
+    product(['Adam_GC2', 'Adam_GCC2', 'AdamW_GC2', 'AdamW_GCC2'],
+            [False, True]))
+def test_update_variants_keep_row_means(name, foreach):
+    cls = GC_OPTIMIZERS[name]
+    params = make_params()
+    cen = {
+        k
+        for k, p in params.items() if p.dim() > (3 if cls.gc_conv_only else 1)
+    }
+    dims = {k: tuple(range(1, params[k].dim())) for k in cen}
+    before = {k: params[k].detach().mean(dims[k]) for k in cen}
+    opt = cls(
+        params.values(),
+        lr=0.05,
+        weight_decay=0.1,
+        amsgrad=True,
+        foreach=foreach)
+    for step in range(40):
+        set_grads(params, step)
+        opt.step()
+    for k in cen:
+        torch.testing.assert_close(
+            params[k].detach().mean(dims[k]),
+            before[k],
+            rtol=0,
+            atol=1e-12,
+            msg=k)
+    # ...while the gradient-GC variant moves them under Adam's scaling.
+    plain = make_params()
+    opt = GC_OPTIMIZERS[name.replace('2', '')](
+        plain.values(), lr=0.05, weight_decay=0.1, foreach=foreach)
+    for step in range(40):
+        set_grads(plain, step)
+        opt.step()
+    k = 'conv'
+    assert (plain[k].detach().mean(dims[k]) - before[k]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('name', FAMILY)
+def test_grad_untouched_and_state_dict_round_trip(name):
+    cls = GC_OPTIMIZERS[name]
+    hyper = HYPER[cls.base_algorithm][1]
+    a = make_params()
+    opt_a = cls(a.values(), **hyper)
+    for step in range(4):
+        set_grads(a, step)
+        saved = {k: p.grad.clone() for k, p in a.items() if p.grad is not None}
+        opt_a.step()
+        for k, g in saved.items():
+            assert torch.equal(a[k].grad, g), k
+    b = {k: p.detach().clone().requires_grad_() for k, p in a.items()}
+    opt_b = cls(b.values(), **hyper)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    for step in range(4, 8):
+        for params, opt in ((a, opt_a), (b, opt_b)):
+            set_grads(params, step)
+            opt.step()
+    for k in SHAPES:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize('name,kwargs,match', [
+    ('Adam_GC', dict(lr=-1.), 'lr'),
+    ('AdamW_GCC2', dict(betas=(1.0, 0.9)), r'betas\[0\]'),
+    ('Adam_GC2', dict(eps=-1e-8), 'eps'),
+    ('AdamW_GC', dict(weight_decay=-0.1), 'weight_decay'),
+    ('Adagrad_GC', dict(lr_decay=-0.1), 'lr_decay'),
+    ('SGDW_GC', dict(lr=0.1, momentum=-1.), 'momentum'),
+])
+def test_bad_hyper_parameters_raise(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GC_OPTIMIZERS[name]([torch.nn.Parameter(torch.ones(2, 2))], **kwargs)
+
+
+def test_flattened_parameters_warn_once():
+    flat = torch.nn.Parameter(torch.zeros(12))
+    flat._fsdp_flattened = True
+    with pytest.warns(UserWarning, match='flattened or sharded'):
+        mmdet_gc.AdamW_GCC2([flat])
+    ds = torch.nn.Parameter(torch.zeros(12))
+    ds.ds_shape = (3, 4)
+    with pytest.warns(UserWarning, match='ZeRO'):
+        mmdet_gc.Adagrad_GC([ds])

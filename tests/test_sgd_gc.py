@@ -1,0 +1,342 @@
+"""Numerics of SGD_GC / SGD_GCC against references (float64).
+
+References: a loop written here from the maths of Yong et al. (ECCV 2020,
+arXiv:2004.01461), torch.optim.SGD with GC switched off, and the paper's
+properties (GC is a projection; row means of centralized weights never
+change under SGD with GC).
+"""
+import copy
+import itertools
+
+import pytest
+import torch
+
+from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
+
+
+def product(*lists):
+    return list(itertools.product(*lists))
+
+
+DT = torch.float64
+STEPS = 12
+
+# name -> shape: conv2d, linear, conv1d, bias, norm scale, conv3d-like
+SHAPES = {
+    'conv': (6, 3, 3, 3),
+    'fc': (5, 7),
+    'conv1d': (4, 3, 5),
+    'bias': (5, ),
+    'gamma': (6, ),
+    'conv_dw': (6, 1, 3, 3),
+}
+
+
+def make_params(seed=0, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(s, generator=g, dtype=dtype).requires_grad_()
+        for k, s in SHAPES.items()
+    }
+
+
+def grad_for(name, step, shape, dtype=DT):
+    """Deterministic gradients; 'fc' has none on every third step."""
+    if name == 'fc' and step % 3 == 1:
+        return None
+    g = torch.Generator().manual_seed(1000 * step + hash(name) % 997)
+    return torch.randn(shape, generator=g, dtype=dtype)
+
+
+def set_grads(params, step):
+    for k, p in params.items():
+        p.grad = grad_for(k, step, p.shape, p.dtype)
+
+
+def reference_step(p, g, buf, *, lr, momentum, dampening, weight_decay,
+                   nesterov, maximize, centralized):
+    """The paper's SGD step, written from the maths with plain ops."""
+    d = -g if maximize else g
+    d = d + weight_decay * p
+    if centralized:
+        d = d - d.mean(dim=tuple(range(1, d.dim())), keepdim=True)
+    if momentum != 0:
+        buf = d.clone(
+        ) if buf is None else momentum * buf + (1 - dampening) * d
+        d = d + momentum * buf if nesterov else buf
+    return p - lr * d, buf
+
+
+HYPER = [
+    dict(lr=0.1),
+    dict(lr=0.05, weight_decay=1e-2),
+    dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3),
+    dict(lr=0.05, momentum=0.9, maximize=True),
+    dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True),
+]
+
+
+def full_hyper(h):
+    out = dict(
+        lr=0.,
+        momentum=0.,
+        dampening=0.,
+        weight_decay=0.,
+        nesterov=False,
+        maximize=False)
+    out.update(h)
+    return out
+
+
+@pytest.mark.parametrize('cls,foreach,hyper',
+                         product([SGD_GC, SGD_GCC], [False, True], HYPER))
+def test_matches_reference_every_step(cls, foreach, hyper):
+    params = make_params()
+    # Two groups: the second with its own lr / momentum.
+    group2 = ['fc', 'bias']
+    groups = [
+        dict(params=[params[k] for k in SHAPES if k not in group2]),
+        dict(params=[params[k] for k in group2], lr=0.02, momentum=0.5),
+    ]
+    opt = cls(groups, foreach=foreach, **hyper)
+    conv_only = cls is SGD_GCC
+
+    ref_p = {k: p.detach().clone() for k, p in params.items()}
+    ref_buf = {k: None for k in params}
+    ref_h = {
+        k:
+        full_hyper({
+            **hyper,
+            **(dict(lr=0.02, momentum=0.5) if k in group2 else {})
+        })
+        for k in params
+    }
+    for step in range(STEPS):
+        set_grads(params, step)
+        opt.step()
+        for k, p in params.items():
+            g = grad_for(k, step, p.shape)
+            if g is None:
+                continue
+            cen = p.dim() > (3 if conv_only else 1)
+            ref_p[k], ref_buf[k] = reference_step(
+                ref_p[k], g, ref_buf[k], centralized=cen, **ref_h[k])
+        for k, p in params.items():
+            torch.testing.assert_close(
+                p.detach(), ref_p[k], rtol=1e-10, atol=1e-12, msg=k)
+            buf = opt.state[p].get('momentum_buffer')
+            if ref_buf[k] is None:
+                assert buf is None
+            else:
+                torch.testing.assert_close(
+                    buf, ref_buf[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize('cls,hyper', product([SGD_GC, SGD_GCC], HYPER))
+def test_foreach_matches_single_tensor_kernel(cls, hyper):
+    runs = []
+    for foreach in (False, True):
+        params = make_params()
+        opt = cls(params.values(), foreach=foreach, **hyper)
+        for step in range(STEPS):
+            set_grads(params, step)
+            opt.step()
+            runs.append(({
+                k: p.detach().clone()
+                for k, p in params.items()
+            }, {
+                k: copy.deepcopy(opt.state[p])
+                for k, p in params.items()
+            }))
+    single, multi = runs[:STEPS], runs[STEPS:]
+    for (p1, s1), (p2, s2) in zip(single, multi):
+        for k in SHAPES:
+            torch.testing.assert_close(p1[k], p2[k], rtol=1e-14, atol=0)
+            assert s1[k].keys() == s2[k].keys()
+            for key in s1[k]:
+                torch.testing.assert_close(
+                    s1[k][key], s2[k][key], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize('foreach,hyper', product([False, True], HYPER))
+def test_gc_off_equals_torch_sgd_exactly(foreach, hyper):
+    a, b = make_params(), make_params()
+    opt_gc = SGD_GC([dict(params=list(a.values()), gc=False)],
+                    foreach=foreach,
+                    **hyper)
+    opt_torch = torch.optim.SGD(b.values(), foreach=foreach, **hyper)
+    for step in range(STEPS):
+        set_grads(a, step)
+        set_grads(b, step)
+        opt_gc.step()
+        opt_torch.step()
+        for k in SHAPES:
+            assert torch.equal(a[k], b[k]), k
+            assert torch.equal(
+                opt_gc.state[a[k]].get('momentum_buffer', torch.zeros(1)),
+                opt_torch.state[b[k]].get('momentum_buffer',
+                                          torch.zeros(1))), k
+
+
+@pytest.mark.parametrize('cls,foreach',
+                         product([SGD_GC, SGD_GCC], [False, True]))
+def test_uncentralized_tensors_are_plain_sgd(cls, foreach):
+    """1-D params (both) and Linear / Conv1d weights (SGD_GCC) = torch SGD."""
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    a, b = make_params(), make_params()
+    plain = [
+        k for k, p in a.items() if p.dim() <= (3 if cls is SGD_GCC else 1)
+    ]
+    assert 'bias' in plain and 'gamma' in plain
+    if cls is SGD_GCC:
+        assert 'fc' in plain and 'conv1d' in plain
+    opt = cls(a.values(), foreach=foreach, **hyper)
+    ref = torch.optim.SGD([b[k] for k in plain], foreach=foreach, **hyper)
+    for step in range(STEPS):
+        set_grads(a, step)
+        set_grads(b, step)
+        opt.step()
+        ref.step()
+    for k in plain:
+        assert torch.equal(a[k], b[k]), k
+    for k in set(SHAPES) - set(plain):
+        assert not torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize('cls,foreach,hyper',
+                         product([SGD_GC, SGD_GCC], [False, True], HYPER))
+def test_row_means_of_centralized_weights_never_change(cls, foreach, hyper):
+    params = make_params()
+    conv_only = cls is SGD_GCC
+    cen = {k for k, p in params.items() if p.dim() > (3 if conv_only else 1)}
+    dims = {k: tuple(range(1, params[k].dim())) for k in cen}
+    before = {k: params[k].detach().mean(dims[k]) for k in cen}
+    opt = cls(params.values(), foreach=foreach, **hyper)
+    for step in range(60):
+        set_grads(params, step)
+        opt.step()
+    for k in cen:
+        moved = (params[k].detach() -
+                 params[k].detach().mean(dims[k], keepdim=True)).abs().max()
+        assert moved > 0.1  # the weights did train
+        torch.testing.assert_close(
+            params[k].detach().mean(dims[k]),
+            before[k],
+            rtol=0,
+            atol=1e-12,
+            msg=k)
+
+
+def test_centralize_is_an_idempotent_linear_projection():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(8, 4, 3, 3, generator=g, dtype=DT)
+    b = torch.randn(8, 4, 3, 3, generator=g, dtype=DT)
+    ga = centralize(a)
+    torch.testing.assert_close(centralize(ga), ga, rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        centralize(a + 2 * b), ga + 2 * centralize(b), rtol=0, atol=1e-14)
+    assert ga.mean(dim=(1, 2, 3)).abs().max() < 1e-15
+    for x, y in zip(foreach_centralize([a, b]), [ga, centralize(b)]):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match='at least 2 dims'):
+        centralize(torch.ones(3))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_mean_is_taken_in_float32(dtype):
+    g = torch.Generator().manual_seed(0)
+    # Rows with a large offset: a half-precision reduction would lose it.
+    t = (torch.randn(16, 2048, generator=g) * 0.01 + 3.0).to(dtype)
+    out = centralize(t)
+    assert out.dtype == dtype
+    expected = (t.float() - t.float().mean(dim=1, keepdim=True)).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for x in foreach_centralize([t]):
+        assert x.dtype == dtype and torch.equal(x, expected)
+    # A step on half parameters keeps their dtype.
+    p = torch.nn.Parameter(t.clone())
+    p.grad = t.clone()
+    SGD_GC([p], lr=0.1, momentum=0.9).step()
+    assert p.dtype == dtype
+
+
+@pytest.mark.parametrize('cls,foreach',
+                         product([SGD_GC, SGD_GCC], [False, True]))
+def test_grad_is_never_modified(cls, foreach):
+    for hyper in HYPER:
+        params = make_params()
+        opt = cls(params.values(), foreach=foreach, **hyper)
+        for step in range(3):
+            set_grads(params, step)
+            saved = {
+                k: None if p.grad is None else p.grad.clone()
+                for k, p in params.items()
+            }
+            opt.step()
+            for k, p in params.items():
+                if saved[k] is not None:
+                    assert torch.equal(p.grad, saved[k]), (k, hyper)
+
+
+@pytest.mark.parametrize('cls,foreach',
+                         product([SGD_GC, SGD_GCC], [False, True]))
+def test_state_dict_round_trip_continues_identically(cls, foreach):
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    a = make_params()
+    opt_a = cls(a.values(), foreach=foreach, **hyper)
+    for step in range(5):
+        set_grads(a, step)
+        opt_a.step()
+    sd = copy.deepcopy(opt_a.state_dict())
+    assert all('momentum_buffer' in s for s in sd['state'].values())
+    b = {k: p.detach().clone().requires_grad_() for k, p in a.items()}
+    opt_b = cls(b.values(), foreach=foreach, lr=1.0)  # overwritten by load
+    opt_b.load_state_dict(sd)
+    assert opt_b.param_groups[0]['lr'] == 0.05
+    for step in range(5, 10):
+        for params, opt in ((a, opt_a), (b, opt_b)):
+            set_grads(params, step)
+            opt.step()
+    for k in SHAPES:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(opt_a.state[a[k]]['momentum_buffer'],
+                           opt_b.state[b[k]]['momentum_buffer'])
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(lr=-0.1), 'lr'),
+    (dict(lr=0.1, momentum=-0.9), 'momentum'),
+    (dict(lr=0.1, weight_decay=-1e-4), 'weight_decay'),
+    (dict(lr=0.1, dampening=-0.1), 'dampening'),
+    (dict(lr=0.1, nesterov=True), 'nesterov'),
+    (dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), 'nesterov'),
+])
+@pytest.mark.parametrize('cls', [SGD_GC, SGD_GCC])
+def test_bad_hyper_parameters_raise(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        cls([torch.nn.Parameter(torch.ones(2, 2))], **kwargs)
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match='sparse gradients'):
+        SGD_GC(emb.parameters(), lr=0.1).step()
+
+
+def test_closure_and_no_grad_params():
+    p = torch.nn.Parameter(torch.ones(3, 3, dtype=DT))
+    q = torch.nn.Parameter(torch.ones(3, 3, dtype=DT))
+
+    def closure():
+        p.grad = torch.arange(9, dtype=DT).view(3, 3)
+        return torch.tensor(1.5)
+
+    opt = SGD_GC([p, q], lr=1.0, momentum=0.9)
+    assert opt.step(closure).item() == 1.5
+    assert torch.equal(q, torch.ones(3, 3, dtype=DT))  # no grad: skipped
+    assert 'momentum_buffer' not in opt.state[q]
+    # Row [0, 1, 2] centred to [-1, 0, 1]: p = 1 - d.
+    assert torch.equal(p[0].detach(), torch.tensor([2., 1., 0.], dtype=DT))

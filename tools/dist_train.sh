@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Distributed train on one or more nodes with torchrun.
+#   bash tools/dist_train.sh CONFIG NPROC [train.py flags]
+# NNODES, NODE_RANK, PORT, MASTER_ADDR and PYTHON (default python) as in
+# MMDetection. Without CUDA, tools/train.py falls back to gloo on the CPU.
+set -euo pipefail
+CONFIG=$1
+NPROC=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
+
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+"$PYTHON" -m torch.distributed.run \
+    --nnodes=$NNODES \
+    --node_rank=$NODE_RANK \
+    --master_addr=$MASTER_ADDR \
+    --nproc_per_node=$NPROC \
+    --master_port=$PORT \
+    "$(dirname "$0")/train.py" $CONFIG --launcher pytorch ${@:3}

@@ -1,0 +1,145 @@
+"""Test (and evaluate) a detector checkpoint with MMDetection 3.x.
+
+MMDetection's own ``tools/test.py`` flags; COCO box / mask AP come from
+the config's ``test_evaluator`` (pycocotools). Checkpoints written by
+``tools/train.py`` load under torch's ``weights_only=True`` (see
+:mod:`mmdet_gc.checkpoint`).
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import mmdet_gc  # noqa: F401  (GC optimizers, checkpoint allow-list)
+from mmdet_gc.runner_utils import (InputError, check_checkpoint,
+                                   check_dataset_paths, use_cpu_distributed)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='MMDet test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='the directory to save the file containing evaluation metrics')
+    parser.add_argument(
+        '--out',
+        type=str,
+        help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. '
+        'If specified, it will be automatically saved '
+        'to the work_dir/timestamp/show_dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--tta', action='store_true')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg: Config,
+                               args: argparse.Namespace) -> Config:
+    default_hooks = cfg.default_hooks
+    if 'visualization' not in default_hooks:
+        raise InputError(
+            'VisualizationHook must be included in default_hooks. '
+            'refer to usage "visualization=dict(type=\'VisualizationHook\')"')
+    visualizer_hook = default_hooks['visualization']
+    visualizer_hook['draw'] = True
+    if args.show:
+        visualizer_hook['show'] = True
+        visualizer_hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        visualizer_hook['test_out_dir'] = args.show_dir
+    return cfg
+
+
+def build_cfg(args: argparse.Namespace) -> Config:
+    """The run's config from the flags; raises InputError on bad input."""
+    if not osp.isfile(args.config):
+        raise InputError(f'config file not found: {args.config}')
+    check_checkpoint(args.checkpoint, 'test')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise InputError(f'--out must be a .pkl or .pickle file: {args.out}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise InputError('--tta needs tta_model and tta_pipeline in the '
+                             'config')
+        cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+        test_data_cfg = cfg.test_dataloader.dataset
+        while 'dataset' in test_data_cfg:
+            test_data_cfg = test_data_cfg['dataset']
+        test_data_cfg.pipeline = cfg.tta_pipeline
+
+    check_dataset_paths(cfg, ('test_dataloader', ))
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            use_cpu_distributed(cfg)
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        cfg = build_cfg(args)
+    except InputError as e:
+        sys.exit(f'tools/test.py: error: {e}')
+
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+
+    if args.out is not None:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

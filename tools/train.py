@@ -1,0 +1,153 @@
+"""Train a detector with MMDetection 3.x, with the GC optimizers available.
+
+MMDetection's own ``tools/train.py`` flags, plus ``--gc NAME``, which turns
+any mmdet config into its GC counterpart (same lr, momentum, weight decay,
+clipping and ``paramwise_cfg``) for paired baseline / GC runs.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+import mmdet_gc  # noqa: F401  (registers the GC optimizers)
+from mmdet_gc.runner_utils import (InputError, apply_gc, check_checkpoint,
+                                   check_dataset_paths, check_optimizer,
+                                   use_cpu_distributed)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--gc',
+        metavar='NAME',
+        help='train with this GC optimizer instead of the config\'s own, '
+        f'keeping its arguments (one of: {", ".join(mmdet_gc.GC_OPTIMIZERS)})')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='enable automatically scaling LR.')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='If specify checkpoint path, resume from it, while if not '
+        'specify, try to auto resume from the latest checkpoint '
+        'in the work directory.')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args: argparse.Namespace) -> Config:
+    """The run's config from the flags; raises InputError on bad input."""
+    if not osp.isfile(args.config):
+        raise InputError(f'config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    if args.gc:
+        apply_gc(cfg, args.gc)
+    check_optimizer(cfg)
+
+    if args.amp:
+        from mmengine.device import get_device
+        if get_device() == 'cpu':
+            raise InputError(
+                '--amp needs a CUDA, NPU, MLU or MUSA device: MMEngine\'s '
+                'AmpOptimWrapper does not run on the CPU')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and \
+                'enable' in cfg.auto_scale_lr and \
+                'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise InputError('Can not find "auto_scale_lr" or '
+                             '"auto_scale_lr.enable" or '
+                             '"auto_scale_lr.base_batch_size" in your'
+                             ' configuration file.')
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        check_checkpoint(args.resume, '--resume')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    else:
+        check_checkpoint(cfg.get('load_from'), 'load_from')
+
+    loaders = ['train_dataloader']
+    if cfg.get('val_cfg') is not None:
+        loaders.append('val_dataloader')
+    check_dataset_paths(cfg, tuple(loaders))
+
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            use_cpu_distributed(cfg)
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    # Reduce the number of repeated compilations and improve training speed.
+    setup_cache_size_limit_of_dynamo()
+    try:
+        cfg = build_cfg(args)
+    except InputError as e:
+        sys.exit(f'tools/train.py: error: {e}')
+
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
