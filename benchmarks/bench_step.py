@@ -23,6 +23,7 @@ from torch import Tensor
 
 import mmdet_gc
 from mmdet_gc.functional import is_centralized
+from mmdet_gc.runner_utils import mmdet_config_path
 
 SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
 
@@ -33,7 +34,8 @@ def mask_rcnn_params() -> List[Tensor]:
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    cfg = Config.fromfile('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    cfg = Config.fromfile(
+        mmdet_config_path('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'))
     cfg.model.backbone.init_cfg = None
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model)

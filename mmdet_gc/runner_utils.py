@@ -7,7 +7,6 @@ Every check here runs before MMEngine's ``Runner`` is built, so bad input
 stops the tool with a message that names the problem before any work
 directory, log or checkpoint is touched.
 """
-import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
@@ -146,15 +145,34 @@ def check_checkpoint(path: Optional[str], what: str) -> None:
 
 
 def use_cpu_distributed(cfg: Config) -> None:
-    """Let ``--launcher pytorch`` run on CPU-only machines (gloo, no GPU).
+    """Let ``--launcher pytorch`` run on a machine without CUDA (gloo).
 
-    MMEngine defaults to NCCL and passes ``device_ids=[LOCAL_RANK]`` to
-    DDP, both of which need CUDA.
+    MMEngine 0.10's ``init_dist`` calls ``torch.cuda.set_device`` and
+    defaults to NCCL, and its runner passes ``device_ids=[LOCAL_RANK]`` to
+    DDP: all three need CUDA. Here the process group is started with gloo
+    from torchrun's environment (the runner then skips ``init_dist``) and
+    DDP gets ``device_ids=None``, as CPU modules need.
     """
+    import torch.distributed as dist
+    if cfg.get('launcher') != 'pytorch':
+        raise InputError(f'--launcher {cfg.get("launcher")} needs CUDA; '
+                         'without it only --launcher pytorch (gloo) runs')
     env = cfg.setdefault('env_cfg', ConfigDict())
     env.setdefault('dist_cfg', ConfigDict())['backend'] = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
         type='MMDistributedDataParallel')
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
-    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+
+
+def mmdet_config_path(name: str) -> str:
+    """Path of one of MMDetection's own configs, e.g.
+    ``'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`` (what ``mmdet::`` names in
+    a ``_base_``)."""
+    from mmengine.utils import get_installed_path
+    path = osp.join(get_installed_path('mmdet'), '.mim', 'configs', name)
+    if not osp.isfile(path):
+        raise InputError(f'MMDetection has no config {name!r} ({path})')
+    return path

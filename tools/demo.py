@@ -5,7 +5,7 @@
 3. evaluates the final checkpoint through ``tools/test.py`` (pycocotools),
 4. prints COCO box and mask AP and the wall time.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--max-iters 100]
+    python tools/demo.py [--work-dir work_dirs/demo]
 """
 import argparse
 import glob
@@ -14,6 +14,8 @@ import os.path as osp
 import subprocess
 import sys
 import time
+
+from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo',
@@ -29,7 +31,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default='data/synthetic_coco')
-    parser.add_argument('--max-iters', type=int, default=100)
     args = parser.parse_args()
     py = sys.executable
     start = time.perf_counter()
@@ -44,16 +45,14 @@ def main() -> None:
     ]
     ann = f'{args.data_root}/annotations/instances_val.json'
     options = data + [
-        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
-        f'train_cfg.max_iters={args.max_iters}',
-        f'train_cfg.val_interval={args.max_iters}',
-        f'default_hooks.checkpoint.interval={args.max_iters}'
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}'
     ]
     run([
         py, 'tools/train.py', CONFIG, '--work-dir', args.work_dir,
         '--cfg-options', *options
     ])
-    ckpt = osp.join(ROOT, args.work_dir, f'iter_{args.max_iters}.pth')
+    max_iters = Config.fromfile(CONFIG).train_cfg.max_iters
+    ckpt = osp.join(ROOT, args.work_dir, f'iter_{max_iters}.pth')
     run([
         py, 'tools/test.py', CONFIG, ckpt, '--work-dir', args.work_dir,
         '--cfg-options', *options
@@ -64,8 +63,8 @@ def main() -> None:
         key=osp.getmtime)
     metrics = json.loads(open(logs[-1]).read().strip().splitlines()[-1])
     minutes = (time.perf_counter() - start) / 60
-    print('\nmmdet-gc demo: Mask R-CNN (ResNet-18/32, FPN) + SGD_GC, '
-          f'{args.max_iters} iterations on synthetic COCO, 2 threads')
+    print('\nmmdet-gc demo: Mask R-CNN (ResNet-18 at 1/2 width, FPN) + '
+          f'SGD_GC, {max_iters} iterations on synthetic COCO (128 px)')
     print(f'  bbox mAP {metrics["coco/bbox_mAP"]:.3f}   '
           f'segm mAP {metrics["coco/segm_mAP"]:.3f}   '
           f'wall time {minutes:.1f} min (set-up excluded)')

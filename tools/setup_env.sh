@@ -47,8 +47,9 @@ else
     "${PIP[@]}" install "torch==$TORCH_VERSION"
 fi
 
-# mmcv's setup.py imports pkg_resources (gone from setuptools >= 70) and,
-# built without isolation, needs the torch above to compile its ops.
+# mmcv's setup.py needs setuptools < 70 (pkg_resources as it uses it) and,
+# built without isolation, the torch above to compile its ops. The package
+# install below moves setuptools back to what torch and mmengine accept.
 "${PIP[@]}" install -q 'setuptools<70' wheel ninja packaging
 
 if "$PY" -c 'import mmcv.ops' >/dev/null 2>&1; then

@@ -12,6 +12,7 @@ import os
 import os.path as osp
 import sys
 
+import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -115,10 +116,6 @@ def build_cfg(args: argparse.Namespace) -> Config:
         test_data_cfg.pipeline = cfg.tta_pipeline
 
     check_dataset_paths(cfg, ('test_dataloader', ))
-    if args.launcher != 'none':
-        import torch
-        if not torch.cuda.is_available():
-            use_cpu_distributed(cfg)
     return cfg
 
 
@@ -126,6 +123,8 @@ def main() -> None:
     args = parse_args()
     try:
         cfg = build_cfg(args)
+        if args.launcher != 'none' and not torch.cuda.is_available():
+            use_cpu_distributed(cfg)
     except InputError as e:
         sys.exit(f'tools/test.py: error: {e}')
 

@@ -11,6 +11,7 @@ import os
 import os.path as osp
 import sys
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -126,10 +127,6 @@ def build_cfg(args: argparse.Namespace) -> Config:
         loaders.append('val_dataloader')
     check_dataset_paths(cfg, tuple(loaders))
 
-    if args.launcher != 'none':
-        import torch
-        if not torch.cuda.is_available():
-            use_cpu_distributed(cfg)
     return cfg
 
 
@@ -139,6 +136,8 @@ def main() -> None:
     setup_cache_size_limit_of_dynamo()
     try:
         cfg = build_cfg(args)
+        if args.launcher != 'none' and not torch.cuda.is_available():
+            use_cpu_distributed(cfg)
     except InputError as e:
         sys.exit(f'tools/train.py: error: {e}')
 

@@ -12,7 +12,7 @@ classes = ('square', 'disc', 'triangle')
 metainfo = dict(
     classes=classes, palette=[(220, 40, 40), (40, 60, 220), (60, 200, 40)])
 img_scale = (128, 128)
-max_iters = 100
+max_iters = 400
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),

@@ -1,0 +1,11 @@
+# Faster R-CNN R101-FPN 1x + SGD_GC:
+# Yong et al., Gradient Centralization, ECCV 2020 (arXiv:2004.01461),
+# Table 'Faster R-CNN'.
+# MMDetection's own config with its SGD optimizer (lr 0.02, momentum 0.9,
+# weight decay 1e-4) replaced by SGD_GC; nothing else changes.
+_base_ = 'mmdet::faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['mmdet_gc'], allow_failed_imports=False)
+
+optim_wrapper = dict(
+    optimizer=dict(type='SGD_GC', lr=0.02, momentum=0.9, weight_decay=0.0001))
