@@ -13,7 +13,7 @@ test: setup
 
 ## The main job: synthetic COCO, Mask R-CNN + SGD_GC train, COCO box/mask AP.
 demo: setup
-	bash tools/demo.sh
+	$(PY) tools/demo.py
 
 ## Optimizer-step and training-iteration benchmarks.
 bench: setup

@@ -58,12 +58,11 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=2)
     args = parser.parse_args()
 
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
-
-    from mmdet.registry import MODELS
-    from mmdet.testing import demo_mm_inputs
 
     MMLogger.get_instance('mmengine', log_level='WARNING')
     init_default_scope('mmdet')

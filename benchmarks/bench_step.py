@@ -11,7 +11,7 @@ best torch.optim row of the same family.
 
 Usage::
 
-    python benchmarks/bench_step.py [--steps 20] [--rows SGD]
+    python benchmarks/bench_step.py [--steps 20] [--rows SGD Adam AdamW]
 """
 import argparse
 import statistics
@@ -30,9 +30,9 @@ SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
 
 def mask_rcnn_params() -> List[Tensor]:
     """Trainable parameters of mmdet's Mask R-CNN R50-FPN 1x (detached)."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
 
     cfg = Config.fromfile(
         mmdet_config_path('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'))
@@ -84,7 +84,37 @@ def sgd_rows() -> Dict[str, Callable]:
     }
 
 
-FAMILIES = {'SGD': sgd_rows}
+def adam_rows() -> Dict[str, Callable]:
+    hyper = dict(lr=1e-4, weight_decay=1e-4)
+    return {
+        'torch.optim.Adam (foreach)':
+        lambda ps: torch.optim.Adam(ps, foreach=True, **hyper),
+        'torch.optim.Adam (for-loop)':
+        lambda ps: torch.optim.Adam(ps, foreach=False, **hyper),
+        'Adam_GC (single-tensor)':
+        lambda ps: mmdet_gc.Adam_GC(ps, foreach=False, **hyper),
+        'Adam_GC (foreach)':
+        lambda ps: mmdet_gc.Adam_GC(ps, foreach=True, **hyper),
+    }
+
+
+def adamw_rows() -> Dict[str, Callable]:
+    hyper = dict(lr=1e-4, weight_decay=0.05)
+    return {
+        'torch.optim.AdamW (foreach)':
+        lambda ps: torch.optim.AdamW(ps, foreach=True, **hyper),
+        'torch.optim.AdamW (for-loop)':
+        lambda ps: torch.optim.AdamW(ps, foreach=False, **hyper),
+        'AdamW_GCC2 (single-tensor)':
+        lambda ps: mmdet_gc.AdamW_GCC2(ps, foreach=False, **hyper),
+        'AdamW_GCC2 (foreach)':
+        lambda ps: mmdet_gc.AdamW_GCC2(ps, foreach=True, **hyper),
+        'AdamW_GC2 (single-tensor)':
+        lambda ps: mmdet_gc.AdamW_GC2(ps, foreach=False, **hyper),
+    }
+
+
+FAMILIES = {'SGD': sgd_rows, 'Adam': adam_rows, 'AdamW': adamw_rows}
 
 
 def bench(family: str, base: List[Tensor], grads: List[Tensor], steps: int,

@@ -420,13 +420,34 @@ def adam_gc(params: List[Tensor],
         kernel(*gc_lists, decoupled=decoupled, **hyper)
         return
     # GC on the gradient: fold what precedes GC, then torch's Adam(W).
-    gc_params, gc_grads = gc_lists[:2]
-    gc_lists[1] = centralized_grads(gc_params, gc_grads,
-                                    0. if decoupled else weight_decay,
-                                    maximize, foreach)
+    folded = 0. if decoupled else weight_decay
     hyper.update(
         maximize=False, weight_decay=weight_decay if decoupled else 0.)
-    torch_kernel(*gc_lists, foreach=foreach, **hyper)
+    _torch_step_on_centralized(torch_kernel, gc_lists, folded, maximize,
+                               foreach, hyper)
+
+
+def _torch_step_on_centralized(torch_kernel, lists: List[list],
+                               weight_decay: float, maximize: bool,
+                               foreach: bool, hyper: dict) -> None:
+    """Run a torch.optim functional kernel on centralized gradients.
+
+    ``lists`` are the kernel's positional lists (params and grads first);
+    the gradients become ``GC((-)g + weight_decay * p)``. The foreach path
+    centralizes all of them, then steps once; the single-tensor path goes
+    tensor by tensor, so that each centralized gradient is used while it is
+    still in cache and freed before the next one is made.
+    """
+    params, grads = lists[0], lists[1]
+    if foreach:
+        lists[1] = centralized_grads(params, grads, weight_decay, maximize,
+                                     True)
+        torch_kernel(*lists, foreach=True, **hyper)
+        return
+    for i, (p, g) in enumerate(zip(params, grads)):
+        one = [lst[i:i + 1] for lst in lists]  # an empty list stays empty
+        one[1] = [_centralized(g, p, weight_decay, maximize)]
+        torch_kernel(*one, foreach=False, **hyper)
 
 
 def _bias_corrections(step: float, beta1: float,
@@ -536,7 +557,6 @@ def adagrad_gc(params: List[Tensor],
     if plain_idx:
         _torch_adagrad(*plain_lists, foreach=foreach, **hyper)
     if gc_idx:
-        gc_lists[1] = centralized_grads(gc_lists[0], gc_lists[1], weight_decay,
-                                        maximize, foreach)
         hyper.update(weight_decay=0., maximize=False)
-        _torch_adagrad(*gc_lists, foreach=foreach, **hyper)
+        _torch_step_on_centralized(_torch_adagrad, gc_lists, weight_decay,
+                                   maximize, foreach, hyper)

@@ -69,8 +69,8 @@ def read_run(work_dir: str, name: Optional[str] = None) -> Run:
     if not osp.isdir(work_dir):
         raise ReportError(f'{work_dir}: no such work dir')
     run = Run(name or osp.basename(osp.normpath(work_dir)))
-    scalars = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
-                                        'scalars.json')))
+    scalars = sorted(
+        glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
     tests = sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
     if not scalars and not tests:
         raise ReportError(
@@ -100,8 +100,8 @@ def _fmt(value: Optional[float]) -> str:
 def markdown_table(runs: Sequence[Run]) -> str:
     """The paper-style table: AP, AP50, AP75, APs, APm, APl per task (%)."""
     tasks = [
-        t for t in TASKS
-        if any(r.final and f'coco/{t}_mAP' in r.final for r in runs)
+        t for t in TASKS if any(r.final and f'coco/{t}_mAP' in r.final
+                                for r in runs)
     ] or ['bbox']
     head = ['run'] + [
         f'{"box" if t == "bbox" else "mask"} {h}' for t in tasks
@@ -113,9 +113,7 @@ def markdown_table(runs: Sequence[Run]) -> str:
     ]
     for run in runs:
         m = run.final or {}
-        cells = [
-            _fmt(m.get(f'coco/{t}_{c}')) for t in tasks for c in COLUMNS
-        ]
+        cells = [_fmt(m.get(f'coco/{t}_{c}')) for t in tasks for c in COLUMNS]
         lines.append('| ' + ' | '.join([run.name] + cells) + ' |')
     return '\n'.join(lines)
 

@@ -7,10 +7,12 @@ Every check here runs before MMEngine's ``Runner`` is built, so bad input
 stops the tool with a message that names the problem before any work
 directory, log or checkpoint is touched.
 """
+import argparse
+import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 
 from .optim import GC_OPTIMIZERS
 
@@ -176,3 +178,54 @@ def mmdet_config_path(name: str) -> str:
     if not osp.isfile(path):
         raise InputError(f'MMDetection has no config {name!r} ({path})')
     return path
+
+
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """The flags ``tools/train.py`` and ``tools/test.py`` share with
+    MMDetection's: ``--work-dir``, ``--cfg-options``, ``--launcher`` and
+    ``--local-rank``."""
+    parser.add_argument(
+        '--work-dir',
+        help='the dir to save logs, models and evaluation metrics')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config named by ``args.config`` with the shared flags applied.
+
+    ``--cfg-options`` are merged, ``--launcher`` recorded, and the work dir
+    resolved as MMDetection does: flag > config > ``./work_dirs/<name>``.
+
+    Raises:
+        InputError: The config file does not exist.
+    """
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if not osp.isfile(args.config):
+        raise InputError(f'config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg

@@ -8,7 +8,6 @@ counterpart exactly; the "2" variants keep the row means of centralized
 weights.
 """
 import copy
-import itertools
 import math
 
 import pytest
@@ -17,45 +16,9 @@ import torch
 import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
 
+from helpers import DT, SHAPES, gc, grad_for, make_params, product, set_grads
 
-def product(*lists):
-    return list(itertools.product(*lists))
-
-
-DT = torch.float64
 STEPS = 10
-SHAPES = {
-    'conv': (6, 3, 3, 3),
-    'fc': (5, 7),
-    'conv1d': (4, 3, 5),
-    'bias': (5, ),
-}
-
-
-def make_params(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        k: torch.randn(s, generator=g, dtype=DT).requires_grad_()
-        for k, s in SHAPES.items()
-    }
-
-
-def grad_for(name, step, shape):
-    if name == 'fc' and step % 4 == 2:  # no gradient on some steps
-        return None
-    g = torch.Generator().manual_seed(7919 * step + len(name) * 31 + shape[0])
-    return torch.randn(shape, generator=g, dtype=DT)
-
-
-def set_grads(params, step):
-    for k, p in params.items():
-        p.grad = grad_for(k, step, p.shape)
-
-
-def gc(t, on):
-    if not on:
-        return t
-    return t - t.mean(dim=tuple(range(1, t.dim())), keepdim=True)
 
 
 # --------------------------------------------------------------------------

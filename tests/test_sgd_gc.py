@@ -6,60 +6,22 @@ properties (GC is a projection; row means of centralized weights never
 change under SGD with GC).
 """
 import copy
-import itertools
 
 import pytest
 import torch
 
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
+from helpers import DT, SHAPES, gc, grad_for, make_params, product, set_grads
 
-def product(*lists):
-    return list(itertools.product(*lists))
-
-
-DT = torch.float64
 STEPS = 12
-
-# name -> shape: conv2d, linear, conv1d, bias, norm scale, conv3d-like
-SHAPES = {
-    'conv': (6, 3, 3, 3),
-    'fc': (5, 7),
-    'conv1d': (4, 3, 5),
-    'bias': (5, ),
-    'gamma': (6, ),
-    'conv_dw': (6, 1, 3, 3),
-}
-
-
-def make_params(seed=0, dtype=DT):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        k: torch.randn(s, generator=g, dtype=dtype).requires_grad_()
-        for k, s in SHAPES.items()
-    }
-
-
-def grad_for(name, step, shape, dtype=DT):
-    """Deterministic gradients; 'fc' has none on every third step."""
-    if name == 'fc' and step % 3 == 1:
-        return None
-    g = torch.Generator().manual_seed(1000 * step + hash(name) % 997)
-    return torch.randn(shape, generator=g, dtype=dtype)
-
-
-def set_grads(params, step):
-    for k, p in params.items():
-        p.grad = grad_for(k, step, p.shape, p.dtype)
 
 
 def reference_step(p, g, buf, *, lr, momentum, dampening, weight_decay,
                    nesterov, maximize, centralized):
     """The paper's SGD step, written from the maths with plain ops."""
     d = -g if maximize else g
-    d = d + weight_decay * p
-    if centralized:
-        d = d - d.mean(dim=tuple(range(1, d.dim())), keepdim=True)
+    d = gc(d + weight_decay * p, centralized)
     if momentum != 0:
         buf = d.clone(
         ) if buf is None else momentum * buf + (1 - dampening) * d

@@ -30,8 +30,10 @@ def main() -> None:
     print(markdown_table(runs))
     for run in runs:
         if run.final is None:
-            print(f'\nnote: {run.name} has no COCO metrics yet (not '
-                  'evaluated); its row is empty', file=sys.stderr)
+            print(
+                f'\nnote: {run.name} has no COCO metrics yet (not '
+                'evaluated); its row is empty',
+                file=sys.stderr)
     if args.plot:
         plot_curves(runs, args.plot)
         print(f'\ncurves: {args.plot}')

@@ -8,18 +8,17 @@ the config's ``test_evaluator`` (pycocotools). Checkpoints written by
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-import os
-import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_gc  # noqa: F401  (GC optimizers, checkpoint allow-list)
-from mmdet_gc.runner_utils import (InputError, check_checkpoint,
-                                   check_dataset_paths, use_cpu_distributed)
+from mmdet_gc.runner_utils import (InputError, add_runner_args,
+                                   check_checkpoint, check_dataset_paths,
+                                   load_config, use_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,9 +26,6 @@ def parse_args() -> argparse.Namespace:
         description='MMDet test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--work-dir',
-        help='the directory to save the file containing evaluation metrics')
     parser.add_argument(
         '--out',
         type=str,
@@ -43,27 +39,9 @@ def parse_args() -> argparse.Namespace:
         'to the work_dir/timestamp/show_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
     parser.add_argument('--tta', action='store_true')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parser.parse_args()
 
 
 def trigger_visualization_hook(cfg: Config,
@@ -85,21 +63,10 @@ def trigger_visualization_hook(cfg: Config,
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The run's config from the flags; raises InputError on bad input."""
-    if not osp.isfile(args.config):
-        raise InputError(f'config file not found: {args.config}')
     check_checkpoint(args.checkpoint, 'test')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise InputError(f'--out must be a .pkl or .pickle file: {args.out}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:

@@ -7,26 +7,24 @@ clipping and ``paramwise_cfg``) for paired baseline / GC runs.
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-import os
-import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
-from mmdet_gc.runner_utils import (InputError, apply_gc, check_checkpoint,
-                                   check_dataset_paths, check_optimizer,
+from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
+                                   check_checkpoint, check_dataset_paths,
+                                   check_optimizer, load_config,
                                    use_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--gc',
         metavar='NAME',
@@ -49,45 +47,13 @@ def parse_args() -> argparse.Namespace:
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parser.parse_args()
 
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The run's config from the flags; raises InputError on bad input."""
-    if not osp.isfile(args.config):
-        raise InputError(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
-
+    cfg = load_config(args)
     if args.gc:
         apply_gc(cfg, args.gc)
     check_optimizer(cfg)

@@ -116,3 +116,4 @@ default_hooks = dict(
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)

@@ -3,9 +3,10 @@
 Yong et al., ECCV 2020 (arXiv:2004.01461). The maths lives in
 :func:`mmdet_gc.functional.adagrad_gc`.
 """
-from typing import Any, Callable, Optional
+from typing import Any, List, Optional
 
 import torch
+from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from ..functional import adagrad_gc
@@ -60,29 +61,19 @@ class Adagrad_GC(GCOptimizer):
                     group['initial_accumulator_value'],
                     memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Perform a single optimization step.
-
-        Args:
-            closure (callable, optional): Re-evaluates the model and returns
-                the loss.
-        """
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, centralized = self._gather(group)
-            states = [self.state[p] for p in params]
-            adagrad_gc(
-                params,
-                grads, [s['sum'] for s in states], [s['step'] for s in states],
-                centralized,
-                foreach=group['foreach'],
-                lr=group['lr'],
-                weight_decay=group['weight_decay'],
-                lr_decay=group['lr_decay'],
-                eps=group['eps'],
-                maximize=group['maximize'])
-        return loss
+    def _update_group(self, group: dict, params: List[Tensor],
+                      grads: List[Tensor], centralized: List[bool]) -> None:
+        states = [self.state[p] for p in params]
+        adagrad_gc(
+            params,
+            grads, [s['sum'] for s in states], [s['step'] for s in states],
+            centralized,
+            foreach=group['foreach'],
+            lr=group['lr'],
+            weight_decay=group['weight_decay'],
+            lr_decay=group['lr_decay'],
+            eps=group['eps'],
+            maximize=group['maximize'])
 
 
 class Adagrad_GCC(Adagrad_GC):

@@ -17,9 +17,10 @@ AdamW_GC2      decoupled the update incl. decay term  conv + fc
 AdamW_GCC2     decoupled the update incl. decay term  conv
 =============  ========  ===========================  ======================
 """
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
+from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from ..functional import adam_gc
@@ -88,51 +89,40 @@ class _AdamGCBase(GCOptimizer):
         for group in self.param_groups:
             group.setdefault('amsgrad', False)
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Perform a single optimization step.
-
-        Args:
-            closure (callable, optional): Re-evaluates the model and returns
-                the loss.
-        """
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, centralized = self._gather(group)
-            amsgrad = group['amsgrad']
-            states = []
-            for p in params:
-                state = self.state[p]
-                if not state:  # as torch.optim.Adam lays it out
-                    state['step'] = torch.tensor(
-                        0.0, dtype=_get_scalar_dtype())
-                    state['exp_avg'] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                    state['exp_avg_sq'] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                if amsgrad and 'max_exp_avg_sq' not in state:
-                    state['max_exp_avg_sq'] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                states.append(state)
-            beta1, beta2 = group['betas']
-            adam_gc(
-                params,
-                grads, [s['exp_avg']
-                        for s in states], [s['exp_avg_sq'] for s in states],
-                [s['max_exp_avg_sq'] for s in states] if amsgrad else [],
-                [s['step'] for s in states],
-                centralized,
-                foreach=group['foreach'],
-                gc_on_update=self.gc_on_update,
-                decoupled=self.decoupled,
-                amsgrad=amsgrad,
-                beta1=beta1,
-                beta2=beta2,
-                lr=group['lr'],
-                weight_decay=group['weight_decay'],
-                eps=group['eps'],
-                maximize=group['maximize'])
-        return loss
+    def _update_group(self, group: dict, params: List[Tensor],
+                      grads: List[Tensor], centralized: List[bool]) -> None:
+        amsgrad = group['amsgrad']
+        states = []
+        for p in params:
+            state = self.state[p]
+            if not state:  # as torch.optim.Adam lays it out
+                state['step'] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                state['exp_avg'] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format)
+                state['exp_avg_sq'] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format)
+            if amsgrad and 'max_exp_avg_sq' not in state:
+                state['max_exp_avg_sq'] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format)
+            states.append(state)
+        beta1, beta2 = group['betas']
+        adam_gc(
+            params,
+            grads, [s['exp_avg']
+                    for s in states], [s['exp_avg_sq'] for s in states],
+            [s['max_exp_avg_sq'] for s in states] if amsgrad else [],
+            [s['step'] for s in states],
+            centralized,
+            foreach=group['foreach'],
+            gc_on_update=self.gc_on_update,
+            decoupled=self.decoupled,
+            amsgrad=amsgrad,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group['lr'],
+            weight_decay=group['weight_decay'],
+            eps=group['eps'],
+            maximize=group['maximize'])
 
 
 class Adam_GC(_AdamGCBase):

@@ -3,7 +3,7 @@
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import warnings
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -61,7 +61,7 @@ class GCOptimizer(Optimizer):
 
     Subclasses set :attr:`gc_conv_only` (the default of that key) and
     :attr:`base_algorithm`, build
-    ``defaults`` and implement ``step``.
+    ``defaults`` and implement ``_update_group``.
     """
 
     #: Default of the ``gc_conv_only`` param-group key for this class.
@@ -109,9 +109,23 @@ class GCOptimizer(Optimizer):
                 and is_centralized(p, bool(group['gc_conv_only'])))
         return params, grads, centralized
 
-    @staticmethod
-    def _closure_loss(closure: Any) -> Any:
-        if closure is None:
-            return None
-        with torch.enable_grad():
-            return closure()
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Perform a single optimization step.
+
+        Args:
+            closure (callable, optional): Re-evaluates the model and returns
+                the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._update_group(group, *self._gather(group))
+        return loss
+
+    def _update_group(self, group: Dict[str, Any], params: List[Tensor],
+                      grads: List[Tensor], centralized: List[bool]) -> None:
+        """Update the parameters of one group that have a gradient."""
+        raise NotImplementedError

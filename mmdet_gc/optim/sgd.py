@@ -4,9 +4,10 @@ Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461). The maths lives in
 :func:`mmdet_gc.functional.sgd_gc`.
 """
-from typing import Any, Callable, Optional
+from typing import Any, List, Optional
 
 import torch
+from torch import Tensor
 
 from ..functional import default_foreach, sgd_gc
 from .base import GCOptimizer, check_non_negative
@@ -93,49 +94,39 @@ class SGD_GC(GCOptimizer):
             group.setdefault('nesterov', False)
             group.setdefault('dampening', 0.)
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Perform a single optimization step.
-
-        Args:
-            closure (callable, optional): Re-evaluates the model and returns
-                the loss.
-        """
-        loss = self._closure_loss(closure)
-        for group in self.param_groups:
-            params, grads, centralized = self._gather(group)
-            momentum = group['momentum']
-            lr, weight_decay = group['lr'], group['weight_decay']
-            if self.decoupled and weight_decay != 0 and params:
-                # p = p_old - lr * d - lr * wd * p_old: scale first, then
-                # the (decay-free) SGD step below adds -lr * d.
-                if group['foreach'] or (group['foreach'] is None
-                                        and default_foreach(params)):
-                    torch._foreach_mul_(params, 1 - lr * weight_decay)
-                else:
-                    for p in params:
-                        p.mul_(1 - lr * weight_decay)
-                weight_decay = 0.
-            bufs = [
-                self.state[p].get('momentum_buffer') if momentum != 0 else None
-                for p in params
-            ]
-            sgd_gc(
-                params,
-                grads,
-                bufs,
-                centralized,
-                foreach=group['foreach'],
-                weight_decay=weight_decay,
-                momentum=momentum,
-                lr=lr,
-                dampening=group['dampening'],
-                nesterov=group['nesterov'],
-                maximize=group['maximize'])
-            if momentum != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]['momentum_buffer'] = buf
-        return loss
+    def _update_group(self, group: dict, params: List[Tensor],
+                      grads: List[Tensor], centralized: List[bool]) -> None:
+        momentum = group['momentum']
+        lr, weight_decay = group['lr'], group['weight_decay']
+        if self.decoupled and weight_decay != 0 and params:
+            # p = p_old - lr * d - lr * wd * p_old: scale first, then
+            # the (decay-free) SGD step below adds -lr * d.
+            if group['foreach'] or (group['foreach'] is None
+                                    and default_foreach(params)):
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            else:
+                for p in params:
+                    p.mul_(1 - lr * weight_decay)
+            weight_decay = 0.
+        bufs = [
+            self.state[p].get('momentum_buffer') if momentum != 0 else None
+            for p in params
+        ]
+        sgd_gc(
+            params,
+            grads,
+            bufs,
+            centralized,
+            foreach=group['foreach'],
+            weight_decay=weight_decay,
+            momentum=momentum,
+            lr=lr,
+            dampening=group['dampening'],
+            nesterov=group['nesterov'],
+            maximize=group['maximize'])
+        if momentum != 0:
+            for p, buf in zip(params, bufs):
+                self.state[p]['momentum_buffer'] = buf
 
 
 class SGD_GCC(SGD_GC):
