@@ -1,7 +1,7 @@
 """The whole GC optimizer family against float64 references from the maths.
 
 Each optimizer is torch.optim's algorithm with GC where the paper puts it
-(Yong et al., ECCV 2020, arXiv:2004.01461; ``gc-semantics`` in the docs):
+(Yong et al., ECCV 2020, arXiv:2004.01461):
 parameters and every state tensor are compared with a reference written
 here, every step, for both kernels; with GC off each equals its torch.optim
 counterpart exactly; the "2" variants keep the row means of centralized
