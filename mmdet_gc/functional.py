@@ -22,6 +22,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
+from torch.optim.adagrad import adagrad as _torch_adagrad
+from torch.optim.adam import adam as _torch_adam
+from torch.optim.adamw import adamw as _torch_adamw
 from torch.optim.sgd import sgd as _torch_sgd
 
 __all__ = [
@@ -97,7 +100,7 @@ def foreach_centralize(tensors: Sequence[Tensor],
     if inplace:
         torch._foreach_sub_(tensors, means)
         return tensors
-    if tensors[0].dtype in _HALF_DTYPES:
+    if any(t.dtype in _HALF_DTYPES for t in tensors):
         # A foreach sub would promote to the float32 mean's dtype.
         return [_sub_new(t, m) for t, m in zip(tensors, means)]
     return list(torch._foreach_sub(tensors, means))
@@ -388,8 +391,6 @@ def adam_gc(params: List[Tensor],
         amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
             torch.optim.Adam / AdamW.
     """
-    from torch.optim.adam import adam as _torch_adam
-    from torch.optim.adamw import adamw as _torch_adamw
     torch_kernel = _torch_adamw if decoupled else _torch_adam
     if foreach is None:
         foreach = default_foreach(params)
@@ -542,7 +543,6 @@ def adagrad_gc(params: List[Tensor],
     Centralized gradients go through torch.optim's Adagrad kernel; the other
     tensors, and a group with GC off, equal ``torch.optim.Adagrad`` exactly.
     """
-    from torch.optim.adagrad import adagrad as _torch_adagrad
     if foreach is None:
         foreach = default_foreach(params)
     hyper = dict(

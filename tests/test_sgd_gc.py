@@ -215,8 +215,11 @@ def test_half_precision_mean_is_taken_in_float32(dtype):
     assert out.dtype == dtype
     expected = (t.float() - t.float().mean(dim=1, keepdim=True)).to(dtype)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    for x in foreach_centralize([t]):
-        assert x.dtype == dtype and torch.equal(x, expected)
+    # Mixed with a float32 tensor, each keeps its own dtype.
+    f32 = torch.randn(4, 6, generator=g)
+    x, y = foreach_centralize([f32, t])
+    assert x.dtype == torch.float32 and torch.equal(x, centralize(f32))
+    assert y.dtype == dtype and torch.equal(y, expected)
     # A step on half parameters keeps their dtype.
     p = torch.nn.Parameter(t.clone())
     p.grad = t.clone()
