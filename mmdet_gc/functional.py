@@ -480,9 +480,11 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
             second = max_exp_avg_sqs[i]
         else:
             second = exp_avg_sq
-        denom = (second.sqrt() / bc2_sqrt).add_(eps)
-        # ``delta`` is a new tensor: centring it leaves the moments intact.
-        delta = torch.div(exp_avg, denom).mul_(lr / bc1)
+        denom = second.sqrt().div_(bc2_sqrt).add_(eps)
+        # ``delta`` reuses ``denom``'s memory (one large allocation a step,
+        # not three): a tensor of ours, so centring it leaves the moments
+        # intact.
+        delta = torch.div(exp_avg, denom, out=denom).mul_(lr / bc1)
         if decoupled and weight_decay != 0:
             delta.add_(param, alpha=lr * weight_decay)
         param.sub_(delta.sub_(_row_mean(delta)))
