@@ -12,24 +12,26 @@ It is a linear projection, so ``GC(GC(G)) == GC(G)``. ``_GC`` optimizers
 centralize every tensor with ``ndim > 1`` (conv and fc weights), ``_GCC``
 optimizers only tensors with ``ndim > 3`` (conv weights).
 
-This module follows the layout of ``torch/optim/sgd.py``: a dispatching
-functional (:func:`sgd_gc`) over a single-tensor kernel, which is the
-specification, and a multi-tensor (``foreach``) kernel with the same
-signature that must agree with it. Gradients are never modified in place.
+This module follows the layout of ``torch/optim/sgd.py``: dispatching
+functionals (:func:`sgd_gc`, :func:`adam_gc`, :func:`adagrad_gc`) over a
+single-tensor kernel, which is the specification, and a multi-tensor
+(``foreach``) kernel with the same signature that must agree with it.
+Tensors that are not centralized always take torch.optim's own kernels.
+Gradients are never modified, and optimizer state is never centralized.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 from torch.optim.adagrad import adagrad as _torch_adagrad
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.adamw import adamw as _torch_adamw
+from torch.optim.optimizer import Optimizer
 from torch.optim.sgd import sgd as _torch_sgd
 
 __all__ = [
-    'is_centralized', 'centralize', 'foreach_centralize', 'sgd_gc',
-    'default_foreach'
+    'is_centralized', 'centralize', 'foreach_centralize', 'centralized_grads',
+    'default_foreach', 'sgd_gc', 'adam_gc', 'adagrad_gc'
 ]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)

@@ -16,8 +16,7 @@ class DumpParamsHook(Hook):
 
     def after_train(self, runner) -> None:
         model = getattr(runner.model, 'module', runner.model)
-        torch.save(
-            {
-                k: v.detach().clone()
-                for k, v in model.named_parameters()
-            }, osp.join(runner.work_dir, f'params_rank{runner.rank}.pth'))
+        torch.save({
+            k: v.detach().clone()
+            for k, v in model.named_parameters()
+        }, osp.join(runner.work_dir, f'params_rank{runner.rank}.pth'))

@@ -91,8 +91,8 @@ def test_config_equals_mmdet_but_for_the_optimizer(path):
     assert opt.type == ('SGD_GCC' if 'sgd-gcc' in path else 'SGD_GC')
     for key in ('lr', 'momentum', 'weight_decay'):
         assert opt[key] == base_opt[key], key
-    ours_ow, theirs_ow = (_without_scope(c.optim_wrapper.to_dict())
-                          for c in (cfg, base))
+    ours_ow, theirs_ow = (
+        _without_scope(c.optim_wrapper.to_dict()) for c in (cfg, base))
     ours_ow['optimizer'].pop('type')
     theirs_ow['optimizer'].pop('type')
     assert ours_ow == theirs_ow  # clipping, wrapper type... unchanged

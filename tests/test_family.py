@@ -20,7 +20,6 @@ from helpers import DT, SHAPES, gc, grad_for, make_params, product, set_grads
 
 STEPS = 10
 
-
 # --------------------------------------------------------------------------
 # References, one step of one tensor; ``st`` is the optimizer state.
 # --------------------------------------------------------------------------

@@ -133,8 +133,9 @@ def test_per_layer_switch_in_gc_optimizers():
     wrapper.backward(loss_step(model, 0))
     grads = _grads(model)
     wrapper.step()
-    assert all(torch.equal(g, p.grad)  # SGD_GC leaves p.grad alone
-               for g, p in zip(grads.values(), model.parameters()))
+    assert all(
+        torch.equal(g, p.grad)  # SGD_GC leaves p.grad alone
+        for g, p in zip(grads.values(), model.parameters()))
     for name, p in model.named_parameters():
         delta = before[name] - p.detach()
         expected = grads[name] * 0.1
