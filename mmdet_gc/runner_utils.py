@@ -10,7 +10,8 @@ directory, log or checkpoint is touched.
 import argparse
 import os
 import os.path as osp
-from typing import Iterator, List, Optional, Tuple
+import sys
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict, DictAction
 
@@ -229,3 +230,29 @@ def load_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def prepare_or_exit(build_cfg: Callable[[argparse.Namespace], Config],
+                    args: argparse.Namespace, tool: str) -> Config:
+    """Run a tool's config checks; on bad input exit with one line.
+
+    Also applies :func:`use_cpu_distributed` for a launcher without CUDA.
+    Nothing is written before this returns.
+    """
+    import torch
+    try:
+        cfg = build_cfg(args)
+        if args.launcher != 'none' and not torch.cuda.is_available():
+            use_cpu_distributed(cfg)
+    except InputError as e:
+        sys.exit(f'{tool}: error: {e}')
+    return cfg
+
+
+def build_runner(cfg: Config) -> Any:
+    """MMEngine's ``Runner``, or the config's ``runner_type`` (as mmdet)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)

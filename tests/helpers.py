@@ -1,6 +1,7 @@
 """Shared fixtures of the optimizer tests: deterministic float64 parameters
 of the shapes GC distinguishes, and gradients for them (one parameter has
 none on some steps)."""
+import copy
 import itertools
 
 import torch
@@ -49,3 +50,70 @@ def gc(t, on=True):
     if not on:
         return t
     return t - t.mean(dim=tuple(range(1, t.dim())), keepdim=True)
+
+
+def _state_tensors(state):
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def check_against_reference(opt, params, reference, conv_only, hyper_of,
+                            steps):
+    """Step ``opt`` and a float64 reference side by side, comparing the
+    parameters and every state tensor after each step.
+
+    ``reference(p, g, state, centralized, **hyper_of(name))`` returns the
+    new parameter and updates the dict ``state`` (torch's state keys).
+    """
+    ref_p = {k: p.detach().clone() for k, p in params.items()}
+    ref_st = {k: {} for k in params}
+    for step in range(steps):
+        set_grads(params, step)
+        opt.step()
+        for k, p in params.items():
+            g = grad_for(k, step, p.shape)
+            if g is not None:
+                cen = p.dim() > (3 if conv_only else 1)
+                ref_p[k] = reference(ref_p[k], g, ref_st[k], cen,
+                                     **hyper_of(k))
+        for k, p in params.items():
+            torch.testing.assert_close(
+                p.detach(), ref_p[k], rtol=1e-9, atol=1e-12, msg=k)
+            ours, theirs = (
+                _state_tensors(s) for s in (opt.state[p], ref_st[k]))
+            assert ours.keys() == theirs.keys(), (k, step)
+            for key in theirs:
+                torch.testing.assert_close(
+                    ours[key].to(DT),
+                    theirs[key].to(DT),
+                    rtol=1e-9,
+                    atol=1e-12,
+                    msg=f'{k}.{key}')
+
+
+def trajectory(make_opt, steps):
+    """Parameters and optimizer state after each step of ``make_opt``."""
+    params = make_params()
+    opt = make_opt(params.values())
+    out = []
+    for step in range(steps):
+        set_grads(params, step)
+        opt.step()
+        out.append(({
+            k: p.detach().clone()
+            for k, p in params.items()
+        }, [copy.deepcopy(opt.state[p]) for p in params.values()]))
+    return out
+
+
+def assert_kernels_agree(make_opt, steps):
+    """The single-tensor and foreach kernels give the same trajectory."""
+    single = trajectory(lambda ps: make_opt(ps, foreach=False), steps)
+    multi = trajectory(lambda ps: make_opt(ps, foreach=True), steps)
+    for (p1, s1), (p2, s2) in zip(single, multi):
+        for k in p1:
+            torch.testing.assert_close(p1[k], p2[k], rtol=1e-13, atol=1e-15)
+        for a, b in zip(s1, s2):
+            assert a.keys() == b.keys()
+            for key in a:
+                torch.testing.assert_close(
+                    a[key], b[key], rtol=1e-13, atol=1e-15)

@@ -16,7 +16,8 @@ import torch
 import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
 
-from helpers import DT, SHAPES, gc, grad_for, make_params, product, set_grads
+from helpers import (SHAPES, assert_kernels_agree, check_against_reference, gc,
+                     make_params, product, set_grads)
 
 STEPS = 10
 
@@ -163,41 +164,13 @@ def test_all_fourteen_are_registered():
         assert OPTIMIZERS.get(name) is cls
 
 
-def _state_tensors(st):
-    return {k: v for k, v in st.items() if torch.is_tensor(v)}
-
-
 @pytest.mark.parametrize('name,foreach,hyper', CASES)
 def test_matches_reference_every_step(name, foreach, hyper):
     cls = GC_OPTIMIZERS[name]
     params = make_params()
     opt = cls(params.values(), foreach=foreach, **hyper)
-    ref = reference_for(name)
-    ref_p = {k: p.detach().clone() for k, p in params.items()}
-    ref_st = {k: {} for k in params}
-    for step in range(STEPS):
-        set_grads(params, step)
-        opt.step()
-        for k, p in params.items():
-            g = grad_for(k, step, p.shape)
-            if g is None:
-                continue
-            cen = p.dim() > (3 if cls.gc_conv_only else 1)
-            ref_p[k] = ref(ref_p[k], g, ref_st[k], cen, **hyper)
-        for k, p in params.items():
-            torch.testing.assert_close(
-                p.detach(), ref_p[k], rtol=1e-9, atol=1e-12, msg=k)
-            ours = _state_tensors(opt.state[p])
-            theirs = _state_tensors(ref_st[k])
-            if name.startswith('Adagrad') or ref_st[k]:
-                assert ours.keys() == theirs.keys(), k
-            for key in theirs:
-                torch.testing.assert_close(
-                    ours[key].to(DT),
-                    theirs[key].to(DT),
-                    rtol=1e-9,
-                    atol=1e-12,
-                    msg=f'{k}.{key}')
+    check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
+                            lambda k: hyper, STEPS)
 
 
 @pytest.mark.parametrize('name,hyper',
@@ -205,27 +178,7 @@ def test_matches_reference_every_step(name, foreach, hyper):
                           for h in HYPER[GC_OPTIMIZERS[n].base_algorithm]])
 def test_foreach_matches_single_tensor_kernel(name, hyper):
     cls = GC_OPTIMIZERS[name]
-    runs = []
-    for foreach in (False, True):
-        params = make_params()
-        opt = cls(params.values(), foreach=foreach, **hyper)
-        trace = []
-        for step in range(STEPS):
-            set_grads(params, step)
-            opt.step()
-            trace.append(({
-                k: p.detach().clone()
-                for k, p in params.items()
-            }, copy.deepcopy([opt.state[p] for p in params.values()])))
-        runs.append(trace)
-    for (p1, s1), (p2, s2) in zip(*runs):
-        for k in SHAPES:
-            torch.testing.assert_close(p1[k], p2[k], rtol=1e-13, atol=1e-15)
-        for a, b in zip(s1, s2):
-            assert a.keys() == b.keys()
-            for key in a:
-                torch.testing.assert_close(
-                    a[key], b[key], rtol=1e-13, atol=1e-15)
+    assert_kernels_agree(lambda ps, **kw: cls(ps, **kw, **hyper), STEPS)
 
 
 TORCH_TWIN = {

@@ -12,21 +12,32 @@ import torch
 
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
-from helpers import DT, SHAPES, gc, grad_for, make_params, product, set_grads
+from helpers import (DT, SHAPES, assert_kernels_agree, check_against_reference,
+                     gc, make_params, product, set_grads)
 
 STEPS = 12
 
 
-def reference_step(p, g, buf, *, lr, momentum, dampening, weight_decay,
-                   nesterov, maximize, centralized):
+def reference_step(p,
+                   g,
+                   st,
+                   centralized,
+                   *,
+                   lr,
+                   momentum=0.,
+                   dampening=0.,
+                   weight_decay=0.,
+                   nesterov=False,
+                   maximize=False):
     """The paper's SGD step, written from the maths with plain ops."""
-    d = -g if maximize else g
-    d = gc(d + weight_decay * p, centralized)
+    d = gc((-g if maximize else g) + weight_decay * p, centralized)
     if momentum != 0:
-        buf = d.clone(
-        ) if buf is None else momentum * buf + (1 - dampening) * d
+        buf = st.get('momentum_buffer')
+        buf = d.clone() if buf is None else \
+            momentum * buf + (1 - dampening) * d
+        st['momentum_buffer'] = buf
         d = d + momentum * buf if nesterov else buf
-    return p - lr * d, buf
+    return p - lr * d
 
 
 HYPER = [
@@ -40,18 +51,6 @@ HYPER = [
 ]
 
 
-def full_hyper(h):
-    out = dict(
-        lr=0.,
-        momentum=0.,
-        dampening=0.,
-        weight_decay=0.,
-        nesterov=False,
-        maximize=False)
-    out.update(h)
-    return out
-
-
 @pytest.mark.parametrize('cls,foreach,hyper',
                          product([SGD_GC, SGD_GCC], [False, True], HYPER))
 def test_matches_reference_every_step(cls, foreach, hyper):
@@ -63,63 +62,16 @@ def test_matches_reference_every_step(cls, foreach, hyper):
         dict(params=[params[k] for k in group2], lr=0.02, momentum=0.5),
     ]
     opt = cls(groups, foreach=foreach, **hyper)
-    conv_only = cls is SGD_GCC
-
-    ref_p = {k: p.detach().clone() for k, p in params.items()}
-    ref_buf = {k: None for k in params}
-    ref_h = {
-        k:
-        full_hyper({
+    check_against_reference(
+        opt, params, reference_step, cls is SGD_GCC, lambda k: {
             **hyper,
             **(dict(lr=0.02, momentum=0.5) if k in group2 else {})
-        })
-        for k in params
-    }
-    for step in range(STEPS):
-        set_grads(params, step)
-        opt.step()
-        for k, p in params.items():
-            g = grad_for(k, step, p.shape)
-            if g is None:
-                continue
-            cen = p.dim() > (3 if conv_only else 1)
-            ref_p[k], ref_buf[k] = reference_step(
-                ref_p[k], g, ref_buf[k], centralized=cen, **ref_h[k])
-        for k, p in params.items():
-            torch.testing.assert_close(
-                p.detach(), ref_p[k], rtol=1e-10, atol=1e-12, msg=k)
-            buf = opt.state[p].get('momentum_buffer')
-            if ref_buf[k] is None:
-                assert buf is None
-            else:
-                torch.testing.assert_close(
-                    buf, ref_buf[k], rtol=1e-10, atol=1e-12, msg=k)
+        }, STEPS)
 
 
 @pytest.mark.parametrize('cls,hyper', product([SGD_GC, SGD_GCC], HYPER))
 def test_foreach_matches_single_tensor_kernel(cls, hyper):
-    runs = []
-    for foreach in (False, True):
-        params = make_params()
-        opt = cls(params.values(), foreach=foreach, **hyper)
-        for step in range(STEPS):
-            set_grads(params, step)
-            opt.step()
-            runs.append(({
-                k: p.detach().clone()
-                for k, p in params.items()
-            }, {
-                k: copy.deepcopy(opt.state[p])
-                for k, p in params.items()
-            }))
-    single, multi = runs[:STEPS], runs[STEPS:]
-    for (p1, s1), (p2, s2) in zip(single, multi):
-        for k in SHAPES:
-            torch.testing.assert_close(p1[k], p2[k], rtol=1e-14, atol=0)
-            assert s1[k].keys() == s2[k].keys()
-            for key in s1[k]:
-                torch.testing.assert_close(
-                    s1[k][key], s2[k][key], rtol=1e-14, atol=0)
+    assert_kernels_agree(lambda ps, **kw: cls(ps, **kw, **hyper), STEPS)
 
 
 @pytest.mark.parametrize('foreach,hyper', product([False, True], HYPER))

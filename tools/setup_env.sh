@@ -7,8 +7,8 @@
 #                  skipped when an mmcv whose ``mmcv.ops`` imports is there
 #     mmengine, mmdet 3.3.0, pycocotools, and mmdet_gc (editable, [tests])
 #
-# The mmcv build takes about 7 minutes on 2 cores the first time; pip's wheel
-# cache makes later installs instant. With CUDA and nvcc visible, the same
+# The mmcv build takes about 10 minutes on 2 cores the first time; pip's
+# wheel cache makes later installs take seconds. With CUDA and nvcc visible, the same
 # build compiles mmcv's CUDA ops too (FORCE_CUDA=1 forces it).
 set -euo pipefail
 
@@ -55,8 +55,9 @@ fi
 if "$PY" -c 'import mmcv.ops' >/dev/null 2>&1; then
     say "mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') with compiled ops found; keeping it"
 else
-    say "building mmcv==$MMCV_VERSION with its compiled ops (about 7 minutes" \
-        "on 2 cores the first time; pip's wheel cache makes later runs instant)"
+    say "building mmcv==$MMCV_VERSION with its compiled ops (about 10" \
+        "minutes on 2 cores the first time; pip's wheel cache makes later" \
+        "runs take seconds)"
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         "${PIP[@]}" install --no-build-isolation "mmcv==$MMCV_VERSION"
     "$PY" -c 'import mmcv.ops' || {

@@ -8,17 +8,13 @@ the config's ``test_evaluator`` (pycocotools). Checkpoints written by
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-import sys
 
-import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import mmdet_gc  # noqa: F401  (GC optimizers, checkpoint allow-list)
-from mmdet_gc.runner_utils import (InputError, add_runner_args,
+from mmdet_gc.runner_utils import (InputError, add_runner_args, build_runner,
                                    check_checkpoint, check_dataset_paths,
-                                   load_config, use_cpu_distributed)
+                                   load_config, prepare_or_exit)
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,17 +84,8 @@ def build_cfg(args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
-    try:
-        cfg = build_cfg(args)
-        if args.launcher != 'none' and not torch.cuda.is_available():
-            use_cpu_distributed(cfg)
-    except InputError as e:
-        sys.exit(f'tools/test.py: error: {e}')
-
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    cfg = prepare_or_exit(build_cfg, args, 'tools/test.py')
+    runner = build_runner(cfg)
 
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults

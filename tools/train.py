@@ -7,19 +7,15 @@ clipping and ``paramwise_cfg``) for paired baseline / GC runs.
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-import sys
 
-import torch
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
-                                   check_checkpoint, check_dataset_paths,
-                                   check_optimizer, load_config,
-                                   use_cpu_distributed)
+                                   build_runner, check_checkpoint,
+                                   check_dataset_paths, check_optimizer,
+                                   load_config, prepare_or_exit)
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,17 +96,8 @@ def main() -> None:
     args = parse_args()
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
-    try:
-        cfg = build_cfg(args)
-        if args.launcher != 'none' and not torch.cuda.is_available():
-            use_cpu_distributed(cfg)
-    except InputError as e:
-        sys.exit(f'tools/train.py: error: {e}')
-
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    cfg = prepare_or_exit(build_cfg, args, 'tools/train.py')
+    runner = build_runner(cfg)
     runner.train()
 
 
