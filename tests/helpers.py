@@ -117,3 +117,21 @@ def assert_kernels_agree(make_opt, steps):
             for key in a:
                 torch.testing.assert_close(
                     a[key], b[key], rtol=1e-13, atol=1e-15)
+
+
+def assert_same_as(ours, a, theirs, b, steps, keys=None):
+    """Step two optimizers over equal parameter sets in lockstep; the
+    parameters in ``keys`` (all by default) and their state stay equal bit
+    for bit."""
+    keys = list(keys or a)
+    for step in range(steps):
+        set_grads(a, step)
+        set_grads(b, step)
+        ours.step()
+        theirs.step()
+        for k in keys:
+            assert torch.equal(a[k], b[k]), (k, step)
+            sa, sb = ours.state[a[k]], theirs.state[b[k]]
+            assert sa.keys() == sb.keys(), k
+            for key in sa:
+                assert torch.equal(sa[key], sb[key]), (k, key, step)

@@ -16,8 +16,9 @@ import torch
 import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
 
-from helpers import (SHAPES, assert_kernels_agree, check_against_reference, gc,
-                     make_params, product, set_grads)
+from helpers import (SHAPES, assert_kernels_agree, assert_same_as,
+                     check_against_reference, gc, make_params, product,
+                     set_grads)
 
 STEPS = 10
 
@@ -200,17 +201,7 @@ def test_gc_off_equals_torch_exactly(name, foreach, hyper):
                **hyper)
     theirs = TORCH_TWIN[cls.base_algorithm](
         b.values(), foreach=foreach, **hyper)
-    for step in range(STEPS):
-        set_grads(a, step)
-        set_grads(b, step)
-        ours.step()
-        theirs.step()
-        for k in SHAPES:
-            assert torch.equal(a[k], b[k]), (k, step)
-            sa, sb = ours.state[a[k]], theirs.state[b[k]]
-            assert sa.keys() == sb.keys()
-            for key in sa:
-                assert torch.equal(sa[key], sb[key]), (k, key)
+    assert_same_as(ours, a, theirs, b, STEPS)
 
 
 def test_sgdw_without_decay_and_gc_equals_torch_sgd():
@@ -218,13 +209,7 @@ def test_sgdw_without_decay_and_gc_equals_torch_sgd():
     hyper = dict(lr=0.05, momentum=0.9, nesterov=True)
     ours = mmdet_gc.SGDW_GC(a.values(), gc=False, **hyper)
     theirs = torch.optim.SGD(b.values(), **hyper)
-    for step in range(STEPS):
-        set_grads(a, step)
-        set_grads(b, step)
-        ours.step()
-        theirs.step()
-    for k in SHAPES:
-        assert torch.equal(a[k], b[k])
+    assert_same_as(ours, a, theirs, b, STEPS)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ import torch
 
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
-from helpers import (DT, SHAPES, assert_kernels_agree, check_against_reference,
-                     gc, make_params, product, set_grads)
+from helpers import (DT, SHAPES, assert_kernels_agree, assert_same_as,
+                     check_against_reference, gc, make_params, product,
+                     set_grads)
 
 STEPS = 12
 
@@ -81,17 +82,7 @@ def test_gc_off_equals_torch_sgd_exactly(foreach, hyper):
                     foreach=foreach,
                     **hyper)
     opt_torch = torch.optim.SGD(b.values(), foreach=foreach, **hyper)
-    for step in range(STEPS):
-        set_grads(a, step)
-        set_grads(b, step)
-        opt_gc.step()
-        opt_torch.step()
-        for k in SHAPES:
-            assert torch.equal(a[k], b[k]), k
-            assert torch.equal(
-                opt_gc.state[a[k]].get('momentum_buffer', torch.zeros(1)),
-                opt_torch.state[b[k]].get('momentum_buffer',
-                                          torch.zeros(1))), k
+    assert_same_as(opt_gc, a, opt_torch, b, STEPS)
 
 
 @pytest.mark.parametrize('cls,foreach',
@@ -108,13 +99,7 @@ def test_uncentralized_tensors_are_plain_sgd(cls, foreach):
         assert 'fc' in plain and 'conv1d' in plain
     opt = cls(a.values(), foreach=foreach, **hyper)
     ref = torch.optim.SGD([b[k] for k in plain], foreach=foreach, **hyper)
-    for step in range(STEPS):
-        set_grads(a, step)
-        set_grads(b, step)
-        opt.step()
-        ref.step()
-    for k in plain:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_as(opt, a, ref, b, STEPS, keys=plain)
     for k in set(SHAPES) - set(plain):
         assert not torch.equal(a[k], b[k]), k
 
