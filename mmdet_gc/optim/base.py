@@ -27,8 +27,11 @@ def _is_flattened(p: Tensor) -> bool:
     ``ds_shape``. ZeRO-1/2 flat partitions carry no mark and cannot be told
     apart from a bias.
     """
-    return p.dim() == 1 and (getattr(p, '_fsdp_flattened', False) or getattr(
-        p, '_is_flat_param', False) or len(getattr(p, 'ds_shape', ())) > 1)
+    if p.dim() != 1:
+        return False
+    fsdp = getattr(p, '_fsdp_flattened', False) or getattr(
+        p, '_is_flat_param', False)
+    return bool(fsdp) or len(getattr(p, 'ds_shape', ())) > 1
 
 
 _warned: set = set()
@@ -60,8 +63,8 @@ class GCOptimizer(Optimizer):
       ``ndim > 1`` (conv and fc weights: the ``_GC`` rule).
 
     Subclasses set :attr:`gc_conv_only` (the default of that key) and
-    :attr:`base_algorithm`, build
-    ``defaults`` and implement ``_update_group``.
+    :attr:`base_algorithm`, build ``defaults`` and implement
+    ``_update_group``.
     """
 
     #: Default of the ``gc_conv_only`` param-group key for this class.
