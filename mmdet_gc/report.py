@@ -77,13 +77,23 @@ def read_run(work_dir: str, name: Optional[str] = None) -> Run:
             f'{work_dir}: no MMEngine logs (expected <timestamp>/vis_data/'
             'scalars.json from tools/train.py or <timestamp>/<timestamp>'
             '.json from tools/test.py)')
+    epoch_end: Dict[int, int] = {}  # epoch -> its last iteration
+    evals = []
     for path in scalars:  # timestamps sort in time order; resumes append
         for rec in _json_lines(path):
             step = int(rec.get('step', rec.get('iter', 0)))
             if 'loss' in rec:
                 run.losses.append((step, float(rec['loss'])))
+                if 'epoch' in rec:
+                    epoch = int(rec['epoch'])
+                    epoch_end[epoch] = max(epoch_end.get(epoch, 0), step)
             elif _has_coco(rec):
-                run.evals.append((step, rec))
+                evals.append((step, rec))
+    # MMEngine logs validation metrics by epoch in epoch-based runs (its
+    # LoggerHook default): put them at that epoch's last iteration, on the
+    # same axis as the losses.
+    run.evals = [(epoch_end.get(s, s) if epoch_end else s, rec)
+                 for s, rec in evals]
     for path in tests:
         for rec in _json_lines(path):
             if _has_coco(rec):

@@ -97,3 +97,17 @@ def test_missing_and_partial_work_dirs(tmp_path):
         check=True)
     assert '| partial | - |' in out.stdout
     assert 'no COCO metrics yet' in out.stderr
+
+
+def test_epoch_based_validation_is_placed_at_its_last_iteration(tmp_path):
+    vis = tmp_path / 'ep' / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    lines = [
+        dict(loss=1.0, epoch=e, step=s)
+        for e, s in ((1, 50), (1, 100), (2, 150), (2, 200))
+    ]
+    lines += [dict(coco(0.1), step=1), dict(coco(0.2), step=2)]
+    (vis / 'scalars.json').write_text('\n'.join(map(json.dumps, lines)))
+    run = read_run(str(tmp_path / 'ep'))
+    assert [s for s, _ in run.evals] == [100, 200]
+    assert run.final['coco/bbox_mAP'] == 0.2

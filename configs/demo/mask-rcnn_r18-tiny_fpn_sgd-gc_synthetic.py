@@ -107,7 +107,7 @@ optim_wrapper = dict(
     optimizer=dict(type='SGD_GC', lr=0.04, momentum=0.9, weight_decay=1e-4),
     clip_grad=dict(max_norm=10, norm_type=2))
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=10),
+    logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     checkpoint=dict(
         type='CheckpointHook',
         by_epoch=False,
