@@ -191,6 +191,9 @@ def sgd_gc(params: List[Tensor],
 def _partition(mask: Sequence[bool], *lists: Sequence):
     """Split parallel lists into the entries where ``mask`` holds and not.
 
+    An empty list (torch's way of saying "unused", e.g. ``max_exp_avg_sqs``
+    without amsgrad) stays empty on both sides.
+
     Returns:
         tuple: ``((indices, sublists), (indices, sublists))`` for the
         centralized and the plain entries.
@@ -198,7 +201,8 @@ def _partition(mask: Sequence[bool], *lists: Sequence):
     out = []
     for want in (True, False):
         idx = [i for i, m in enumerate(mask) if bool(m) is want]
-        out.append((idx, [[lst[i] for i in idx] for lst in lists]))
+        out.append(
+            (idx, [[lst[i] for i in idx] if lst else [] for lst in lists]))
     return tuple(out)
 
 
@@ -404,15 +408,9 @@ def adam_gc(params: List[Tensor],
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize)
-    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-             state_steps)
-    if not amsgrad:  # torch passes an empty list then
-        lists = lists[:4] + ([None] * len(params), ) + lists[5:]
-    (gc_idx, gc_lists), (plain_idx,
-                         plain_lists) = _partition(centralized, *lists)
-    for sub in (gc_lists, plain_lists):
-        if not amsgrad:
-            sub[4] = []
+    (gc_idx, gc_lists), (plain_idx, plain_lists) = _partition(
+        centralized, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+        state_steps)
     if plain_idx:
         torch_kernel(*plain_lists, foreach=foreach, **hyper)
     if not gc_idx:
