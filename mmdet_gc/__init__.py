@@ -4,30 +4,31 @@ Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
 
 ``import mmdet_gc`` (or ``custom_imports = dict(imports=['mmdet_gc'])`` in a
-config) registers the GC optimizers and ``GCOptimWrapperConstructor`` in
-MMEngine's root registries, so ``optimizer=dict(type='SGD_GC', ...)`` builds
-under the ``mmdet`` scope. It also allow-lists the plain-data types of
-MMEngine checkpoints for ``torch.load(weights_only=True)`` (see
-:mod:`mmdet_gc.checkpoint`), so runs resume on torch >= 2.6.
+config) registers the GC optimizers, ``GCOptimWrapperConstructor`` and
+``PlainCheckpointHook`` in MMEngine's root registries, so
+``optimizer=dict(type='SGD_GC', ...)`` builds under the ``mmdet`` scope. It
+changes nothing in torch's serialization: checkpoints of our runs are plain
+data that stock ``torch.load(weights_only=True)`` accepts (see
+:mod:`mmdet_gc.checkpoint`).
 """
-from .checkpoint import allow_mmengine_checkpoints
+from .checkpoint import PlainCheckpointHook
 from .functional import centralize, foreach_centralize, is_centralized
 from .optim import *  # noqa: F401,F403
 from .optim import GC_OPTIMIZERS, GCOptimizer
 from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
-from .registry import (register_gc_optim_wrapper_constructors,
+from .registry import (register_gc_hooks,
+                       register_gc_optim_wrapper_constructors,
                        register_gc_optimizers)
 
 __version__ = '0.1.0'
 
 register_gc_optimizers()
 register_gc_optim_wrapper_constructors()
-allow_mmengine_checkpoints()
+register_gc_hooks()
 
 __all__ = [
     'centralize', 'foreach_centralize', 'is_centralized', 'GC_OPTIMIZERS',
     'GCOptimizer', 'GCOptimWrapperConstructor', 'attach_gc',
-    'centralize_grads_', 'allow_mmengine_checkpoints', '__version__',
-    *GC_OPTIMIZERS
+    'centralize_grads_', 'PlainCheckpointHook', '__version__', *GC_OPTIMIZERS
 ]

@@ -1,87 +1,470 @@
-"""Load MMEngine checkpoints under ``torch.load(weights_only=True)``.
+"""Checkpoints that torch's default ``weights_only=True`` loader accepts.
 
-Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, which
-refuses any pickled global that is not allow-listed. Checkpoints written by
-MMEngine 0.10.x hold a few such globals in their ``meta``: the message hub's
-``HistoryBuffer`` objects, the numpy arrays and scalars inside them, and
-``getattr(HistoryBuffer, 'min')``-style references to its statistics
-methods. So mmengine 0.10.7 cannot ``--resume`` or test its own checkpoints
-on torch >= 2.6.
+A checkpoint is untrusted input. Since torch 2.6, ``torch.load`` unpickles
+with ``weights_only=True``: only tensors, Python numbers, strings and
+containers, and no other global unless it is allow-listed. MMEngine 0.10
+checkpoints hold more than that: the message hub's ``HistoryBuffer``
+objects, the numpy arrays inside them, and references to its statistics
+methods. Allow-listing those is unsafe (``HistoryBuffer.__setstate__``
+updates class-level state, and numpy's ``dtype.__setstate__`` accepts
+contradictory layouts), so this module never touches torch's allow-list.
+Instead:
 
-Rather than switching ``weights_only`` off (which would let any checkpoint
-run code), :func:`allow_mmengine_checkpoints` adds exactly those globals to
-torch's allow-list. ``getattr`` itself is not allowed: its name is bound to
-:func:`history_buffer_getattr`, which resolves only the registered
-statistics methods of ``HistoryBuffer`` and refuses everything else.
+- :class:`PlainCheckpointHook` makes the checkpoints of our runs plain data
+  before they are saved (``before_save_checkpoint``) and turns them back
+  after they are loaded (``after_load_checkpoint``), so they load with stock
+  ``torch.load`` and resume bit for bit;
+- :func:`inspect_checkpoint` is the tools' check of a checkpoint before the
+  runner is built: a cheap structural check, then a guarded
+  ``weights_only=True`` load; every failure is one line that names the file;
+- a foreign checkpoint (e.g. written by stock MMEngine) loads only with the
+  user's explicit per-file consent: :func:`trust_checkpoint`
+  (``--trust-checkpoint``) or :func:`convert_checkpoint`
+  (``tools/convert_checkpoint.py IN OUT --trust``).
 
 (Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-module only makes the package's training runs resumable.)
+module only makes the package's runs safe to resume and test.)
 """
+import os
+import os.path as osp
 import pickle
-from typing import Any, List
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from mmengine.hooks import Hook
+
+# The key that marks a dict standing for a non-plain object.
+TAG = '__mmdet_gc__'
+
+# MMEngine 0.10's Runner.resume executes ``meta['config']`` (a string) as a
+# Python config file, to read ``gpu_ids``: code in plain data. MMEngine
+# itself writes the config as ``meta['cfg']``, which is only text.
+EXECUTED_META = 'config'
+
+# numpy dtypes written as tensors; from_plain accepts no other dtype name.
+_NUMPY_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
+                 'uint32', 'uint64', 'float16', 'float32', 'float64',
+                 'complex64', 'complex128')
+
+# What torch's default weights_only unpickler rebuilds (no allow-list).
+_PLAIN_SCALARS = (str, bytes, bytearray, bool, int, float, complex, type(None),
+                  torch.dtype, torch.device, torch.Size)
 
 
-def history_buffer_getattr(obj: Any, name: str) -> Any:
-    """``getattr`` limited to ``HistoryBuffer``'s statistics methods.
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely; the message is one line
+    that names the file."""
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A readable checkpoint that needs globals torch's ``weights_only``
+    loader refuses (``names``), e.g. one written by stock MMEngine."""
+
+    def __init__(self, message: str, names: List[str]):
+        super().__init__(message)
+        self.names = names
+
+
+def _np_to_plain(arr: np.ndarray) -> Dict[str, Any]:
+    name = arr.dtype.name
+    if name not in _NUMPY_DTYPES:
+        raise TypeError(f'numpy dtype {arr.dtype} cannot be saved as plain '
+                        'data')
+    return {TAG: 'ndarray', 'data': torch.from_numpy(np.array(arr))}
+
+
+def _np_from_plain(obj: dict, where: str) -> np.ndarray:
+    data = obj.get('data')
+    if type(data) is not torch.Tensor or data.layout != torch.strided:
+        raise ValueError(f'{where}: an array without tensor data')
+    arr = data.detach().cpu().numpy().copy()
+    if arr.dtype.name not in _NUMPY_DTYPES:
+        raise ValueError(f'{where}: an array of dtype {arr.dtype}')
+    return arr
+
+
+def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
+    """``obj`` with every ``HistoryBuffer`` and numpy value made plain data.
+
+    A ``HistoryBuffer`` becomes a dict of its history arrays and
+    ``max_length`` (its statistics methods are class-level and come from
+    code, not from the file); a numpy array or scalar becomes a dict holding
+    a tensor of the same dtype, so :func:`from_plain` restores it bit for
+    bit. Dicts that hold the key :data:`TAG` themselves are escaped.
+
+    Args:
+        obj: A checkpoint, or any part of one.
+        where (str): The key path, for error messages.
 
     Raises:
-        pickle.UnpicklingError: For any other object or attribute.
+        TypeError: An object torch's ``weights_only=True`` loader would
+            refuse and that has no plain form; the message names its path.
     """
     from mmengine.logging import HistoryBuffer
+    if isinstance(obj, torch.Tensor):
+        # A Parameter or other subclass is saved as the plain tensor.
+        return obj if type(obj) is torch.Tensor else \
+            obj.detach().as_subclass(torch.Tensor)
+    if type(obj) in _PLAIN_SCALARS:
+        return obj
+    if isinstance(obj, HistoryBuffer):
+        return {
+            TAG: 'HistoryBuffer',
+            'log_history': _np_to_plain(np.asarray(obj._log_history)),
+            'count_history': _np_to_plain(np.asarray(obj._count_history)),
+            'max_length': int(obj.max_length),
+        }
+    if isinstance(obj, (np.str_, np.bytes_)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return _np_to_plain(obj)
+    if isinstance(obj, np.generic):
+        return {**_np_to_plain(np.asarray(obj)), TAG: 'numpy_scalar'}
+    if isinstance(obj, dict):  # ConfigDict, defaultdict... become dicts
+        out = (OrderedDict if isinstance(obj, OrderedDict) else dict)(
+            (k, to_plain(v, f'{where}.{k}')) for k, v in obj.items())
+        return {TAG: 'dict', 'items': out} if TAG in out else out
+    if isinstance(obj, (list, tuple, set)) and not hasattr(obj, '_fields'):
+        base = next(t for t in (list, tuple, set) if isinstance(obj, t))
+        return base(to_plain(v, f'{where}[{i}]') for i, v in enumerate(obj))
+    raise TypeError(
+        f'{where} is a {type(obj).__module__}.{type(obj).__qualname__}, '
+        "which torch.load(weights_only=True) does not load; keep a "
+        "checkpoint's contents to tensors, numbers, strings, lists, tuples "
+        'and dicts')
 
-    # The built-in statistics (registered lazily, by the first buffer made)
-    # and any a user registered before loading.
-    allowed = {'min', 'max', 'current', 'mean'}
-    allowed.update(HistoryBuffer._statistics_methods)
-    if (obj is HistoryBuffer or type(obj) is HistoryBuffer) \
-            and name in allowed:
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(
-        f'refusing getattr({obj!r}, {name!r}) in a checkpoint: '
-        'only HistoryBuffer statistics methods are allowed')
+
+def from_plain(obj: Any, where: str = 'checkpoint') -> Any:
+    """Undo :func:`to_plain`; safe on untrusted input.
+
+    Only the three marked forms are rebuilt, from tensors of a numeric dtype
+    through ``HistoryBuffer``'s own constructor: no class is looked up by a
+    name taken from the file.
+
+    Raises:
+        ValueError: A malformed marked dict; the message names its path.
+    """
+    if isinstance(obj, dict):
+        kind = obj.get(TAG)
+        if kind is None:
+            return _from_plain_items(obj, where)
+        if kind == 'dict' and isinstance(obj.get('items'), dict):
+            return _from_plain_items(obj['items'], where)  # escaped TAG
+        if kind == 'ndarray':
+            return _np_from_plain(obj, where)
+        if kind == 'numpy_scalar':
+            arr = _np_from_plain(obj, where)
+            if arr.ndim != 0:
+                raise ValueError(f'{where}: a numpy scalar of shape '
+                                 f'{arr.shape}')
+            return arr[()]
+        if kind == 'HistoryBuffer':
+            return _history_buffer(obj, where)
+        raise ValueError(f'{where}: unknown marked object {kind!r}')
+    if type(obj) in (list, tuple, set):
+        return type(obj)(from_plain(v, f'{where}[{i}]')
+                         for i, v in enumerate(obj))
+    return obj
 
 
-def mmengine_checkpoint_globals() -> List[Any]:
-    """The allow-list entries for MMEngine 0.10.x checkpoints.
+def _from_plain_items(obj: dict, where: str) -> dict:
+    out = type(obj)()  # dict, OrderedDict or Counter: what torch rebuilds
+    for k, v in obj.items():
+        out[k] = from_plain(v, f'{where}.{k}')
+    return out
+
+
+def _history_buffer(obj: dict, where: str) -> Any:
+    from mmengine.logging import HistoryBuffer
+    logs, counts, max_length = (
+        obj.get(k) for k in ('log_history', 'count_history', 'max_length'))
+    if not (isinstance(logs, dict) and isinstance(counts, dict)
+            and type(max_length) is int and max_length > 0):
+        raise ValueError(f'{where}: a malformed HistoryBuffer')
+    logs = _np_from_plain(logs, where + '.log_history')
+    counts = _np_from_plain(counts, where + '.count_history')
+    if logs.ndim != 1 or logs.shape != counts.shape \
+            or len(logs) > max_length:
+        raise ValueError(f'{where}: a HistoryBuffer whose histories do not '
+                         'match')
+    buffer = HistoryBuffer(max_length=max_length)
+    buffer._log_history, buffer._count_history = logs, counts
+    return buffer
+
+
+class PlainCheckpointHook(Hook):
+    """Save checkpoints as plain data; restore them after loading.
+
+    ``before_save_checkpoint`` rewrites the checkpoint dict in place with
+    :func:`to_plain`, so the file holds only what ``torch.load`` with
+    ``weights_only=True`` accepts without any allow-list.
+    ``after_load_checkpoint`` applies :func:`from_plain` before the runner
+    hands the message hub its ``HistoryBuffer``s, so ``--resume`` restores
+    the logged history (smoothed losses, ``save_best``) bit for bit.
+
+    Its priority is ``LOWEST`` so that it sees what every other hook added
+    to the checkpoint. The tools add it to any config that lacks it.
+    """
+
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        plain = to_plain(checkpoint)
+        checkpoint.clear()
+        checkpoint.update(plain)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        try:
+            restored = from_plain(checkpoint)
+        except ValueError as e:
+            raise CheckpointError(f'checkpoint is malformed: {e}') from None
+        meta = restored.get('meta')
+        if isinstance(meta, dict) and EXECUTED_META in meta:
+            # Runner.resume would exec this string as a config file.
+            del meta[EXECUTED_META]
+            runner.logger.warning(
+                'dropped meta.config from the loaded checkpoint: MMEngine '
+                'would execute it as Python on resume')
+        checkpoint.clear()
+        checkpoint.update(restored)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
+
+
+def _unsupported_globals(path: str, error: BaseException) -> List[str]:
+    """The globals that made torch's weights_only loader refuse ``path``."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an unreadable pickle: use torch's message
+        found = []
+    return found or re.findall(r'GLOBAL ([\w.]+)', str(error))[:1]
+
+
+def check_structure(path: str) -> None:
+    """The cheap check: a file that is a torch zip archive with a non-empty
+    ``data.pkl``, or a legacy (torch < 1.6) pickle.
+
+    Raises:
+        CheckpointError: Naming ``path`` and what is wrong with it.
+    """
+    if osp.isdir(path):
+        raise CheckpointError(f'checkpoint {path} is a directory, not a '
+                              'checkpoint file')
+    if not osp.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f'checkpoint {path} is an empty file')
+    if head.startswith(b'PK'):
+        try:
+            with zipfile.ZipFile(path) as z:
+                pkl = [
+                    i for i in z.infolist() if i.filename.endswith('data.pkl')
+                ]
+        except Exception as e:  # BadZipFile, NotImplementedError, EOFError
+            raise CheckpointError(
+                f'checkpoint {path} is a truncated or corrupt zip archive '
+                f'({_first_line(e)})') from None
+        if len(pkl) != 1:
+            raise CheckpointError(f'checkpoint {path} is a zip archive but '
+                                  'not a PyTorch checkpoint (no data.pkl)')
+        if pkl[0].file_size == 0:
+            raise CheckpointError(f'checkpoint {path} has an empty data.pkl')
+    elif head[:1] != b'\x80':  # pickle protocol >= 2: torch's legacy format
+        raise CheckpointError(
+            f'checkpoint {path} is not a PyTorch checkpoint (neither a zip '
+            'archive nor a pickle)')
+
+
+def _refuse_foreign(path: str, error: BaseException) -> ForeignCheckpointError:
+    names = _unsupported_globals(path, error)
+    return ForeignCheckpointError(
+        f'checkpoint {path} is refused: it holds objects that '
+        'torch.load(weights_only=True) does not load '
+        f'({", ".join(names) or "unknown"}), as checkpoints written by stock '
+        'MMEngine do. Only if you trust this file: pass --trust-checkpoint '
+        'to load it with weights_only=False, or convert it once: python '
+        f'tools/convert_checkpoint.py {path} OUT.pth --trust', names)
+
+
+def read_checkpoint(path: str, trust: bool = False) -> dict:
+    """Load ``path`` on the CPU, refusing anything unsafe or malformed.
+
+    Without ``trust`` this is ``torch.load(weights_only=True)`` with no
+    allow-list, then :func:`from_plain`. With ``trust`` the file is loaded
+    with ``weights_only=False``: it can run any code, so the caller must
+    have the user's consent for this one file.
 
     Returns:
-        list: Globals, or ``(callable, 'module.name')`` pairs for names that
-        differ from the callable's own (numpy 1.x spellings, ``getattr``).
+        dict: The checkpoint as MMEngine would see it (our plain form
+        restored).
+
+    Raises:
+        CheckpointError: One line naming the file and the problem.
     """
-    from mmengine.logging import HistoryBuffer
-    try:  # numpy >= 2
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
-    # numpy builds each dtype instance as its own class (Float64DType...).
-    dtype_classes = sorted(
-        {
-            type(np.dtype(t))
-            for t in (np.bool_, np.int8, np.int16, np.int32, np.int64,
-                      np.uint8, np.uint16, np.uint32, np.uint64, np.float16,
-                      np.float32, np.float64)
-        },
-        key=str)
-    entries: List[Any] = [
-        HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray,
-        np.dtype, *dtype_classes, (history_buffer_getattr, 'builtins.getattr')
-    ]
-    for fn in (multiarray._reconstruct, multiarray.scalar):
-        for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-            if fn.__module__ != module:  # the other numpy's pickles
-                entries.append((fn, f'{module}.{fn.__name__}'))
-    return entries
+    check_structure(path)
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if not trust and 'weights_only' in str(e) and 'GLOBAL' in str(e):
+            raise _refuse_foreign(path, e) from None
+        raise CheckpointError(f'checkpoint {path} is corrupt: '
+                              f'{_first_line(e)}') from None
+    except MemoryError:
+        raise CheckpointError(f'checkpoint {path} is corrupt: it asks for '
+                              'more memory than there is') from None
+    except Exception as e:  # torch's zip reader, truncated pickles...
+        raise CheckpointError(f'checkpoint {path} is truncated or corrupt: '
+                              f'{_first_line(e)}') from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'checkpoint {path} holds a '
+                              f'{type(ckpt).__name__}, not a dict')
+    try:
+        return from_plain(to_plain(ckpt) if trust else ckpt)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'checkpoint {path} is malformed: '
+                              f'{e}') from None
+    except RecursionError:
+        raise CheckpointError(f'checkpoint {path} is malformed: nested too '
+                              'deeply') from None
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Allow-list :func:`mmengine_checkpoint_globals` for ``torch.load``.
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(v, torch.Tensor) for v in obj.values())
 
-    A no-op on torch versions without ``add_safe_globals`` (< 2.4), which
-    load these checkpoints anyway.
+
+def check_contents(ckpt: dict, path: str, resume: bool) -> None:
+    """What MMEngine will read: model weights, and for ``resume`` the
+    iteration counters and the message hub.
+
+    Raises:
+        CheckpointError: Naming the file and the missing or malformed part.
     """
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is not None:
-        add(mmengine_checkpoint_globals())
+    weights = ckpt.get('state_dict', ckpt)
+    if not _is_tensor_dict(weights):
+        raise CheckpointError(
+            f'checkpoint {path} has no model weights (a "state_dict" of '
+            'tensors)')
+    if not resume:
+        return
+    meta = ckpt.get('meta')
+    for key in ('epoch', 'iter'):
+        if not (isinstance(meta, dict) and type(meta.get(key)) is int):
+            raise CheckpointError(
+                f'checkpoint {path} cannot be resumed: meta.{key} is missing '
+                'or not an int (a model-only file? use load_from instead)')
+    if EXECUTED_META in meta:
+        raise CheckpointError(
+            f'checkpoint {path} is refused: its meta.{EXECUTED_META} is '
+            "Python source that MMEngine's resume would execute")
+    hub = ckpt.get('message_hub')
+    if not (isinstance(hub, dict) and all(
+            isinstance(hub.get(k), dict)
+            for k in ('log_scalars', 'runtime_info', 'resumed_keys'))):
+        raise CheckpointError(
+            f'checkpoint {path} cannot be resumed: its message_hub is '
+            'missing or malformed')
+    for part in ('optimizer', 'param_schedulers'):
+        if part in ckpt and not isinstance(ckpt[part], (dict, list)):
+            raise CheckpointError(f'checkpoint {path} cannot be resumed: '
+                                  f'its {part} is malformed')
+
+
+def inspect_checkpoint(path: str,
+                       resume: bool = False,
+                       trust: bool = False) -> dict:
+    """The tools' check of a local checkpoint, before the runner is built.
+
+    Args:
+        path (str): The file.
+        resume (bool): Also check what ``--resume`` needs.
+        trust (bool): Load with ``weights_only=False`` (the user's per-file
+            consent).
+
+    Returns:
+        dict: The loaded checkpoint.
+
+    Raises:
+        CheckpointError: One line naming the file and the problem.
+    """
+    ckpt = read_checkpoint(path, trust=trust)
+    check_contents(ckpt, path, resume)
+    return ckpt
+
+
+def trust_checkpoint(path: str, loaded: Optional[dict] = None) -> None:
+    """Let MMEngine's runner load exactly ``path`` with
+    ``weights_only=False`` (``--trust-checkpoint``).
+
+    A loader is registered in MMEngine's ``CheckpointLoader`` for this one
+    path and no other; torch's own serialization settings are not touched,
+    so every other ``torch.load`` in the process stays as strict as stock
+    torch. The loader returns the checkpoint in our plain form, which
+    :class:`PlainCheckpointHook` restores.
+
+    Args:
+        path (str): The trusted file, as the config names it.
+        loaded (dict, optional): The file already loaded by
+            :func:`read_checkpoint`; handed to the runner's first load so
+            that the file is unpickled once.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    cached = [loaded] if loaded is not None else []
+
+    def load_trusted(filename: str, map_location: Any = None) -> dict:
+        if filename != path:  # the pattern is exact; be sure anyway
+            raise CheckpointError(f'{filename} is not the trusted {path}')
+        if cached:
+            return to_plain(cached.pop())
+        return to_plain(
+            torch.load(
+                osp.expanduser(filename),
+                map_location=map_location,
+                weights_only=False))
+
+    load_trusted.__name__ = 'load_from_trusted_file'
+    CheckpointLoader.register_scheme(
+        prefixes=re.escape(path) + r'\Z', loader=load_trusted, force=True)
+
+
+def convert_checkpoint(src: str, dst: str) -> List[str]:
+    """Rewrite a trusted checkpoint ``src`` into the plain form at ``dst``.
+
+    ``src`` is loaded with ``weights_only=False``; the caller must have the
+    user's consent. ``dst`` is written atomically (never half a file) and
+    then loaded back with stock ``torch.load(weights_only=True)``.
+
+    Returns:
+        list[str]: The globals ``src`` needed that ``dst`` does not.
+
+    Raises:
+        CheckpointError: ``src`` is unreadable, or ``dst`` is ``src``.
+    """
+    check_structure(src)
+    if osp.exists(dst) and osp.samefile(src, dst):
+        raise CheckpointError(f'convert {src} to another file, not onto '
+                              'itself')
+    needed = torch.serialization.get_unsafe_globals_in_checkpoint(src) \
+        if zipfile.is_zipfile(src) else []
+    plain = to_plain(read_checkpoint(src, trust=True))
+    folder = osp.dirname(osp.abspath(dst))
+    fd, tmp = tempfile.mkstemp(suffix='.pth', dir=folder)
+    os.close(fd)
+    try:
+        torch.save(plain, tmp)
+        torch.load(tmp, map_location='cpu', weights_only=True)
+        os.replace(tmp, dst)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return needed

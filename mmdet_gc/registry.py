@@ -9,7 +9,8 @@ other downstream scope. One function per family, as
 """
 from typing import Dict, List
 
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
+from mmengine.registry import (HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS,
+                               Registry)
 
 
 def _qualname(obj: object) -> str:
@@ -60,3 +61,10 @@ def register_gc_optim_wrapper_constructors() -> List[str]:
     return register_modules(
         OPTIM_WRAPPER_CONSTRUCTORS,
         {'GCOptimWrapperConstructor': GCOptimWrapperConstructor})
+
+
+def register_gc_hooks() -> List[str]:
+    """Register ``PlainCheckpointHook`` (plain-data checkpoints)."""
+    from .checkpoint import PlainCheckpointHook
+    return register_modules(HOOKS,
+                            {'PlainCheckpointHook': PlainCheckpointHook})

@@ -141,10 +141,59 @@ def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
             "(e.g. --cfg-options train_dataloader.dataset.data_root=...)")
 
 
-def check_checkpoint(path: Optional[str], what: str) -> None:
-    """Fail early when a local checkpoint path does not exist."""
-    if path and _is_local(path) and not osp.isfile(path):
+def check_checkpoint(path: Optional[str],
+                     what: str,
+                     resume: bool = False,
+                     trust: bool = False) -> None:
+    """Fail early, with one line, on a local checkpoint the runner would
+    choke on or must not load.
+
+    The file is checked for structure, then loaded as the runner will load
+    it (``weights_only=True``, no allow-list; see
+    :func:`mmdet_gc.checkpoint.inspect_checkpoint`). With ``trust`` (the
+    user's ``--trust-checkpoint``), it is loaded with ``weights_only=False``
+    after a warning, and the runner is allowed to do the same for this one
+    file (:func:`mmdet_gc.checkpoint.trust_checkpoint`).
+
+    Args:
+        path (str, optional): The checkpoint; remote paths are left to
+            MMEngine.
+        what (str): What the file is for, e.g. ``'--resume'``.
+        resume (bool): Also check what resuming needs.
+        trust (bool): The user trusts this file.
+
+    Raises:
+        InputError: Naming the file and the problem.
+    """
+    from .checkpoint import (CheckpointError, inspect_checkpoint,
+                             trust_checkpoint)
+    if not path or not _is_local(path):
+        return
+    if not osp.exists(path):
         raise InputError(f'{what} checkpoint not found: {path}')
+    if trust:
+        print(
+            f'warning: --trust-checkpoint: loading {path} with '
+            'weights_only=False; a file loaded this way can run any code, '
+            'so do this only for a checkpoint you made or trust',
+            file=sys.stderr)
+    try:
+        ckpt = inspect_checkpoint(path, resume=resume, trust=trust)
+    except CheckpointError as e:
+        raise InputError(f'{what} {e}') from None
+    if trust:
+        trust_checkpoint(path, ckpt)
+
+
+def add_plain_checkpoint_hook(cfg: Config) -> None:
+    """Add ``PlainCheckpointHook`` to ``cfg.custom_hooks`` unless it is
+    there, so that every run's checkpoints are plain data (and ``--gc`` on
+    an mmdet config is covered)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    names = [getattr(h.get('type'), '__name__', h.get('type')) for h in hooks]
+    if 'PlainCheckpointHook' not in names:
+        hooks.append(ConfigDict(type='PlainCheckpointHook'))
+    cfg.custom_hooks = hooks
 
 
 def use_cpu_distributed(cfg: Config) -> None:
@@ -182,9 +231,9 @@ def mmdet_config_path(name: str) -> str:
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
-    """The flags ``tools/train.py`` and ``tools/test.py`` share with
-    MMDetection's: ``--work-dir``, ``--cfg-options``, ``--launcher`` and
-    ``--local-rank``."""
+    """The flags ``tools/train.py`` and ``tools/test.py`` share: MMDetection's
+    ``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local-rank``,
+    and ``--trust-checkpoint``."""
     parser.add_argument(
         '--work-dir',
         help='the dir to save logs, models and evaluation metrics')
@@ -203,6 +252,13 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
         help='job launcher')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='load the checkpoint given (test checkpoint, --resume or '
+        'load_from) with weights_only=False. A file loaded this way can run '
+        'any code: only for a checkpoint you made or trust, e.g. one written '
+        'by stock MMEngine')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -212,6 +268,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
     ``--cfg-options`` are merged, ``--launcher`` recorded, and the work dir
     resolved as MMDetection does: flag > config > ``./work_dirs/<name>``.
+    ``PlainCheckpointHook`` is added (:func:`add_plain_checkpoint_hook`).
 
     Raises:
         InputError: The config file does not exist.
@@ -229,6 +286,7 @@ def load_config(args: argparse.Namespace) -> Config:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    add_plain_checkpoint_hook(cfg)
     return cfg
 
 

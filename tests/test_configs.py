@@ -72,6 +72,12 @@ def _comparable(cfg):
     d = _without_scope(cfg.to_dict())
     for key in ('custom_imports', 'optim_wrapper', 'conv_cfg', 'norm_cfg'):
         d.pop(key, None)
+    # Ours adds PlainCheckpointHook to whatever hooks mmdet's config has.
+    hooks = d.pop('custom_hooks', [])
+    if hooks and hooks[-1] == dict(type='PlainCheckpointHook'):
+        hooks = hooks[:-1]
+    if hooks:
+        d['custom_hooks'] = hooks
     return d
 
 
@@ -97,16 +103,20 @@ def test_config_equals_mmdet_but_for_the_optimizer(path):
     theirs_ow['optimizer'].pop('type')
     assert ours_ow == theirs_ow  # clipping, wrapper type... unchanged
     assert cfg.custom_imports.imports == ['mmdet_gc']
+    assert cfg.custom_hooks[-1] == dict(type='PlainCheckpointHook')
     # Users keep the real pretrained backbones.
     assert cfg.model.backbone.init_cfg.type == 'Pretrained'
 
 
 @pytest.mark.parametrize('path', ALL, ids=osp.basename)
 def test_config_builds_model_and_gc_optimizer(path):
-    from mmdet.registry import MODELS
+    from mmdet.registry import HOOKS, MODELS
     cfg = Config.fromfile(path)
     cfg.model.backbone.init_cfg = None  # nothing is downloaded here
     with DefaultScope.overwrite_default_scope('mmdet'):
+        # Every config keeps its checkpoints plain data.
+        hook = HOOKS.build(cfg.custom_hooks[-1])
+        assert type(hook).__name__ == 'PlainCheckpointHook'
         model = MODELS.build(cfg.model)
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert isinstance(wrapper.optimizer, GCOptimizer)

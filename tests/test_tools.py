@@ -7,88 +7,16 @@ import os
 import os.path as osp
 import subprocess
 import sys
-import textwrap
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 
-import mmdet_gc  # noqa: F401  (checkpoint allow-list)
-from mmdet_gc.data import make_synthetic_coco
+from mmdet_gc.checkpoint import from_plain
 from mmdet_gc.runner_utils import InputError, apply_gc, mmdet_config_path
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO = osp.join(ROOT, 'configs', 'demo',
-                'mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py')
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('coco'))
-    make_synthetic_coco(root, num_train=8, num_val=4, size=64, max_objects=2)
-    return root
-
-
-def tiny_config(tmp_path, data_root, max_iters=4, interval=None, extra=''):
-    """The demo config at 64 px with deterministic sampling.
-
-    RPN / R-CNN samplers that take every candidate and no random flip make
-    an iteration a function of the data order alone, which the runner
-    restores on resume.
-    """
-    ann = osp.join(data_root, 'annotations', 'instances_{}.json')
-    text = f"""
-    _base_ = {DEMO!r}
-    img_scale = (64, 64)
-    model = dict(train_cfg=dict(
-        rpn=dict(sampler=dict(num=100000)),
-        rcnn=dict(sampler=dict(num=100000))))
-    train_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-        dict(type='Resize', scale=img_scale, keep_ratio=True),
-        dict(type='PackDetInputs')
-    ]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=img_scale, keep_ratio=True),
-        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-        dict(type='PackDetInputs', meta_keys=('img_id', 'img_path',
-             'ori_shape', 'img_shape', 'scale_factor'))
-    ]
-    train_dataloader = dict(batch_size=2, dataset=dict(
-        data_root={data_root + '/'!r}, pipeline=train_pipeline))
-    val_dataloader = dict(batch_size=2, dataset=dict(
-        data_root={data_root + '/'!r}, pipeline=test_pipeline))
-    test_dataloader = val_dataloader
-    val_evaluator = dict(ann_file={ann.format('val')!r})
-    test_evaluator = val_evaluator
-    train_cfg = dict(max_iters={max_iters}, val_interval=100000)
-    default_hooks = dict(
-        logger=dict(interval=1),
-        checkpoint=dict(interval={interval or max_iters}, max_keep_ckpts=5))
-    randomness = dict(seed=0)
-    """
-    path = tmp_path / 'tiny.py'
-    path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
-    return str(path)
-
-
-def run_tool(*args, ok=True, env=None):
-    proc = subprocess.run([sys.executable, *args],
-                          cwd=ROOT,
-                          env=env or ENV,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f'{args} failed:\n{proc.stderr[-3000:]}')
-    return proc
-
-
-def load(path):
-    return torch.load(path, map_location='cpu')  # weights_only=True
+from tool_helpers import ENV, ROOT, load, run_tool, tiny_config
 
 
 def test_train_then_test_reports_coco_box_and_mask_ap(tmp_path, data_root):
@@ -110,29 +38,6 @@ def test_train_then_test_reports_coco_box_and_mask_ap(tmp_path, data_root):
     assert osp.getsize(pkl) > 0
 
 
-def test_checkpoints_need_exactly_the_allow_listed_globals(
-        tmp_path, data_root):
-    cfg = tiny_config(tmp_path, data_root, max_iters=1)
-    work = str(tmp_path / 'work')
-    run_tool('tools/train.py', cfg, '--work-dir', work)
-    ckpt = osp.join(work, 'iter_1.pth')
-    # What a process without mmdet_gc's allow-list would refuse:
-    listed = run_tool(
-        '-c', 'import sys, torch; print(*torch.serialization.'
-        'get_unsafe_globals_in_checkpoint(sys.argv[1]), sep=chr(10))', ckpt)
-    needed = set(listed.stdout.split())
-    allowed = {
-        g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'
-        for g in mmdet_gc.checkpoint.mmengine_checkpoint_globals()
-    }
-    assert needed and needed <= allowed, needed - allowed
-    # Without the allow-list torch refuses the file; with it, it loads.
-    code = ('import torch, sys; torch.load(sys.argv[1])')
-    bare = run_tool('-c', code, ckpt, ok=False)
-    assert bare.returncode != 0 and 'weights_only' in bare.stderr
-    run_tool('-c', 'import mmdet_gc; ' + code, ckpt)
-
-
 def _params_and_buffers(ckpt):
     state = load(ckpt)
     bufs = [
@@ -142,6 +47,19 @@ def _params_and_buffers(ckpt):
     return state['state_dict'], bufs
 
 
+def _runtime_info(ckpt):
+    return from_plain(load(ckpt)['message_hub']['runtime_info'])
+
+
+def _history(ckpt):
+    """The message hub's logged history, as MMEngine will resume it."""
+    hub = from_plain(load(ckpt)['message_hub'])
+    return {
+        k: (v._log_history, v._count_history)
+        for k, v in hub['log_scalars'].items()
+    }
+
+
 def test_resume_continues_exactly(tmp_path, data_root):
     straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
     cfg6 = tiny_config(tmp_path, data_root, max_iters=6, interval=3)
@@ -149,17 +67,53 @@ def test_resume_continues_exactly(tmp_path, data_root):
     cfg3 = tiny_config(tmp_path / '..', data_root, max_iters=3)
     run_tool('tools/train.py', cfg3, '--work-dir', resumed)
     run_tool('tools/train.py', cfg6, '--work-dir', resumed, '--resume')
-    p1, b1 = _params_and_buffers(osp.join(straight, 'iter_6.pth'))
-    p2, b2 = _params_and_buffers(osp.join(resumed, 'iter_6.pth'))
+    final = [osp.join(w, 'iter_6.pth') for w in (straight, resumed)]
+    p1, b1 = _params_and_buffers(final[0])
+    p2, b2 = _params_and_buffers(final[1])
     assert p1.keys() == p2.keys()
     for k in p1:
         assert torch.equal(p1[k], p2[k]), k
     assert len(b1) == len(b2) > 0
     for x, y in zip(b1, b2):
         assert torch.equal(x, y)
+    assert [load(c)['meta']['iter'] for c in final] == [6, 6]
+    # The logged history (what the logger smooths and save_best reads)
+    # carries over: losses and lr bit for bit, six entries each; only the
+    # wall-clock timings differ between the runs.
+    h1, h2 = _history(final[0]), _history(final[1])
+    assert h1.keys() == h2.keys() and 'train/loss' in h1
+    for key in h1:
+        assert h1[key][0].dtype == h2[key][0].dtype, key
+        assert len(h1[key][0]) == len(h2[key][0]) == 6, key
+        if 'time' not in key:
+            assert np.array_equal(h1[key][0], h2[key][0]), key
+            assert np.array_equal(h1[key][1], h2[key][1]), key
     # ...and the 3-iteration checkpoint really differs from the final one.
     p3, _ = _params_and_buffers(osp.join(straight, 'iter_3.pth'))
     assert not all(torch.equal(p3[k], p1[k]) for k in p1)
+
+
+def test_save_best_survives_resume(tmp_path, data_root):
+    extra = """
+    train_cfg = dict(val_interval=2)
+    default_hooks = dict(checkpoint=dict(save_best='coco/bbox_mAP'))
+    model = dict(test_cfg=dict(rcnn=dict(max_per_img=5)))
+    """
+    work = str(tmp_path / 'work')
+    cfg2 = tiny_config(tmp_path, data_root, max_iters=2, extra=extra)
+    run_tool('tools/train.py', cfg2, '--work-dir', work)
+    info = _runtime_info(osp.join(work, 'iter_2.pth'))
+    best = info['best_ckpt']
+    assert osp.basename(best) == 'best_coco_bbox_mAP_iter_2.pth'
+    assert osp.isfile(best)
+    cfg4 = tiny_config(tmp_path / '..', data_root, max_iters=4, extra=extra)
+    run_tool('tools/train.py', cfg4, '--work-dir', work, '--resume')
+    info4 = _runtime_info(osp.join(work, 'iter_4.pth'))
+    # The resumed run knows the best so far: it keeps or replaces it.
+    assert info4['best_score'] >= info['best_score']
+    assert osp.isfile(info4['best_ckpt'])
+    bests = glob.glob(osp.join(work, 'best_*.pth'))
+    assert bests == [info4['best_ckpt']]
 
 
 def test_ddp_two_processes_on_cpu_stay_in_sync(tmp_path, data_root):

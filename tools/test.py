@@ -1,8 +1,9 @@
 """Test (and evaluate) a detector checkpoint with MMDetection 3.x.
 
 MMDetection's own ``tools/test.py`` flags; COCO box / mask AP come from
-the config's ``test_evaluator`` (pycocotools). Checkpoints written by
-``tools/train.py`` load under torch's ``weights_only=True`` (see
+the config's ``test_evaluator`` (pycocotools). The checkpoint is checked
+before the runner is built and loads under torch's ``weights_only=True``
+with no allow-list; a foreign one needs ``--trust-checkpoint`` (see
 :mod:`mmdet_gc.checkpoint`).
 
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
@@ -11,7 +12,7 @@ import argparse
 
 from mmengine.config import Config, ConfigDict
 
-import mmdet_gc  # noqa: F401  (GC optimizers, checkpoint allow-list)
+import mmdet_gc  # noqa: F401  (GC optimizers, PlainCheckpointHook)
 from mmdet_gc.runner_utils import (InputError, add_runner_args, build_runner,
                                    check_checkpoint, check_dataset_paths,
                                    load_config, prepare_or_exit)
@@ -59,10 +60,10 @@ def trigger_visualization_hook(cfg: Config,
 
 def build_cfg(args: argparse.Namespace) -> Config:
     """The run's config from the flags; raises InputError on bad input."""
-    check_checkpoint(args.checkpoint, 'test')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise InputError(f'--out must be a .pkl or .pickle file: {args.out}')
     cfg = load_config(args)
+    check_checkpoint(args.checkpoint, 'test', trust=args.trust_checkpoint)
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:

@@ -7,9 +7,11 @@ clipping and ``paramwise_cfg``) for paired baseline / GC runs.
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
+import os.path as osp
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
+from mmengine.runner import find_latest_checkpoint
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
@@ -74,15 +76,20 @@ def build_cfg(args: argparse.Namespace) -> Config:
                              '"auto_scale_lr.base_batch_size" in your'
                              ' configuration file.')
 
+    trust = args.trust_checkpoint
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        # The runner resumes from the work dir's last checkpoint, if any.
+        latest = find_latest_checkpoint(cfg.work_dir) \
+            if osp.isdir(cfg.work_dir) else None
+        check_checkpoint(latest, '--resume', resume=True, trust=trust)
     elif args.resume is not None:
-        check_checkpoint(args.resume, '--resume')
+        check_checkpoint(args.resume, '--resume', resume=True, trust=trust)
         cfg.resume = True
         cfg.load_from = args.resume
     else:
-        check_checkpoint(cfg.get('load_from'), 'load_from')
+        check_checkpoint(cfg.get('load_from'), 'load_from', trust=trust)
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:

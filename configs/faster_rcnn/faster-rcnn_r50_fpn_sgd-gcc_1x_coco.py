@@ -5,6 +5,8 @@
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mmdet_gc'], allow_failed_imports=False)
+# Checkpoints as plain data: stock torch.load(weights_only=True) loads them.
+custom_hooks = [dict(type='PlainCheckpointHook')]
 
 optim_wrapper = dict(
     optimizer=dict(type='SGD_GCC', lr=0.02, momentum=0.9, weight_decay=0.0001))

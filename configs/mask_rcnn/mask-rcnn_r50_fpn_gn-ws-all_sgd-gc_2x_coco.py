@@ -10,6 +10,8 @@
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mmdet_gc'], allow_failed_imports=False)
+# Checkpoints as plain data: stock torch.load(weights_only=True) loads them.
+custom_hooks = [dict(type='PlainCheckpointHook')]
 
 conv_cfg = dict(type='ConvWS')
 norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)

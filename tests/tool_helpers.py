@@ -1,0 +1,79 @@
+"""Shared helpers of the tool tests: the demo config shrunk to 64 px with
+deterministic sampling, and running ``tools/*.py`` in a subprocess
+(Gradient Centralization: Yong et al., ECCV 2020)."""
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'demo',
+                'mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py')
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+def tiny_config(tmp_path, data_root, max_iters=4, interval=None, extra=''):
+    """The demo config at 64 px with deterministic sampling.
+
+    RPN / R-CNN samplers that take every candidate and no random flip make
+    an iteration a function of the data order alone, which the runner
+    restores on resume.
+    """
+    ann = osp.join(data_root, 'annotations', 'instances_{}.json')
+    text = f"""
+    _base_ = {DEMO!r}
+    img_scale = (64, 64)
+    model = dict(train_cfg=dict(
+        rpn=dict(sampler=dict(num=100000)),
+        rcnn=dict(sampler=dict(num=100000))))
+    train_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+        dict(type='Resize', scale=img_scale, keep_ratio=True),
+        dict(type='PackDetInputs')
+    ]
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=img_scale, keep_ratio=True),
+        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+        dict(type='PackDetInputs', meta_keys=('img_id', 'img_path',
+             'ori_shape', 'img_shape', 'scale_factor'))
+    ]
+    train_dataloader = dict(batch_size=2, dataset=dict(
+        data_root={data_root + '/'!r}, pipeline=train_pipeline))
+    val_dataloader = dict(batch_size=2, dataset=dict(
+        data_root={data_root + '/'!r}, pipeline=test_pipeline))
+    test_dataloader = val_dataloader
+    val_evaluator = dict(ann_file={ann.format('val')!r})
+    test_evaluator = val_evaluator
+    train_cfg = dict(max_iters={max_iters}, val_interval=100000)
+    default_hooks = dict(
+        logger=dict(interval=1),
+        checkpoint=dict(interval={interval or max_iters}, max_keep_ckpts=5))
+    randomness = dict(seed=0)
+    """
+    base = tmp_path / 'tiny_base.py'
+    base.write_text(textwrap.dedent(text))
+    # ``extra`` is a child config, so its dicts merge into the ones above.
+    path = tmp_path / 'tiny.py'
+    path.write_text("_base_ = './tiny_base.py'\n" + textwrap.dedent(extra))
+    return str(path)
+
+
+def run_tool(*args, ok=True, env=None):
+    proc = subprocess.run([sys.executable, *args],
+                          cwd=ROOT,
+                          env=env or ENV,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f'{args} failed:\n{proc.stderr[-3000:]}')
+    return proc
+
+
+def load(path):
+    return torch.load(path, map_location='cpu')  # weights_only=True
