@@ -214,6 +214,9 @@ class PlainCheckpointHook(Hook):
     priority = 'LOWEST'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        optimizer = _optimizer_type(runner)
+        if optimizer is not None:  # for the resume check below
+            checkpoint.setdefault('meta', {})['optimizer_type'] = optimizer
         plain = to_plain(checkpoint)
         checkpoint.clear()
         checkpoint.update(plain)
@@ -230,8 +233,41 @@ class PlainCheckpointHook(Hook):
             runner.logger.warning(
                 'dropped meta.config from the loaded checkpoint: MMEngine '
                 'would execute it as Python on resume')
+        if getattr(runner, '_resume', False):
+            _warn_on_other_optimizer(runner, restored)
         checkpoint.clear()
         checkpoint.update(restored)
+
+
+def _optimizer_type(runner: Any) -> Optional[str]:
+    """The class name of the runner's (single) optimizer, once built."""
+    optimizer = getattr(
+        getattr(runner, 'optim_wrapper', None), 'optimizer', None)
+    return type(optimizer).__name__ if optimizer is not None else None
+
+
+def _warn_on_other_optimizer(runner: Any, checkpoint: dict) -> None:
+    """One warning when a run resumes another optimizer's state (SGD to
+    SGD_GC or back, SGD_GC to SGD_GCC): the state carries over, and the
+    config's optimizer and GC switches are used from then on."""
+    current = _optimizer_type(runner)
+    meta = checkpoint.get('meta') or {}
+    saved = meta.get('optimizer_type')
+    if current is None or saved == current:
+        return
+    if saved is None:  # a stock MMEngine checkpoint: ask its param groups
+        groups = (checkpoint.get('optimizer') or {}).get('param_groups')
+        if not isinstance(groups, list) or not groups:
+            return
+        was_gc = all(isinstance(g, dict) and 'gc' in g for g in groups)
+        from .optim import GCOptimizer
+        if was_gc == isinstance(runner.optim_wrapper.optimizer, GCOptimizer):
+            return
+        saved = 'a GC optimizer' if was_gc else 'a non-GC optimizer'
+    runner.logger.warning(
+        f'resuming a checkpoint trained with {saved} under {current}: its '
+        f'optimizer state (momentum buffers...) carries over, and {current} '
+        'with the GC switches of this config is used from here')
 
 
 def _first_line(e: BaseException) -> str:

@@ -181,6 +181,12 @@ def sgd_gc(params: List[Tensor],
         kernel = _multi_tensor_sgd_gc if foreach else _single_tensor_sgd_gc
         kernel(*gc_lists, **hyper)
     if plain_idx:
+        if foreach and nesterov and momentum != 0 and weight_decay == 0 \
+                and not maximize:
+            # torch's foreach SGD adds the momentum into the gradient list
+            # in place in exactly this case: give it copies (x * 1 is
+            # exact), so that p.grad stays untouched.
+            plain_lists[1] = torch._foreach_mul(plain_lists[1], 1.)
         _torch_sgd(*plain_lists, foreach=foreach, **hyper)
     # New momentum buffers come back in the sub-lists.
     for idx, lists in ((gc_idx, gc_lists), (plain_idx, plain_lists)):
@@ -412,7 +418,11 @@ def adam_gc(params: List[Tensor],
         centralized, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
         state_steps)
     if plain_idx:
-        torch_kernel(*plain_lists, foreach=foreach, **hyper)
+        torch_kernel(
+            *plain_lists,
+            foreach=foreach,
+            has_complex=_has_complex(plain_lists[0]),
+            **hyper)
     if not gc_idx:
         return
     if gc_on_update:
@@ -443,12 +453,25 @@ def _torch_step_on_centralized(torch_kernel, lists: List[list],
     if foreach:
         lists[1] = centralized_grads(params, grads, weight_decay, maximize,
                                      True)
-        torch_kernel(*lists, foreach=True, **hyper)
+        torch_kernel(
+            *lists, foreach=True, has_complex=_has_complex(params), **hyper)
         return
     for i, (p, g) in enumerate(zip(params, grads)):
         one = [lst[i:i + 1] for lst in lists]  # an empty list stays empty
         one[1] = [_centralized(g, p, weight_decay, maximize)]
         torch_kernel(*one, foreach=False, **hyper)
+
+
+def _has_complex(params: Sequence[Tensor]) -> bool:
+    """What torch's multi-tensor kernels need to be told: they step complex
+    tensors through their real views only when this is True."""
+    return any(torch.is_complex(p) for p in params)
+
+
+def _real(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The real view of a complex tensor (moments are taken on it, as
+    torch.optim does); other tensors as they are."""
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
 def _bias_corrections(step: float, beta1: float,
@@ -468,16 +491,19 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
     for i, param in enumerate(params):
         grad, _ = _decayed(grads[i], param, 0. if decoupled else weight_decay,
                            maximize)
-        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
+        # Complex tensors: moments on the real views, as torch.optim; the
+        # update is centralized as the complex tensor it is (below).
+        grad = _real(grad)
+        exp_avg, exp_avg_sq = _real(exp_avgs[i]), _real(exp_avg_sqs[i])
         state_steps[i] += 1
         bc1, bc2_sqrt = _bias_corrections(state_steps[i].item(), beta1, beta2)
 
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if amsgrad:
-            torch.maximum(
-                max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            second = max_exp_avg_sqs[i]
+            max_sq = _real(max_exp_avg_sqs[i])
+            torch.maximum(max_sq, exp_avg_sq, out=max_sq)
+            second = max_sq
         else:
             second = exp_avg_sq
         denom = second.sqrt().div_(bc2_sqrt).add_(eps)
@@ -485,6 +511,8 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         # not three): a tensor of ours, so centring it leaves the moments
         # intact.
         delta = torch.div(exp_avg, denom, out=denom).mul_(lr / bc1)
+        if param.is_complex():
+            delta = torch.view_as_complex(delta)
         if decoupled and weight_decay != 0:
             delta.add_(param, alpha=lr * weight_decay)
         param.sub_(delta.sub_(_row_mean(delta)))
@@ -504,6 +532,9 @@ def _multi_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
          dev_steps), _ in grouped.values():
         d, _ = _foreach_decayed(dev_params, dev_grads,
                                 0. if decoupled else weight_decay, maximize)
+        d, dev_avgs, dev_sqs, dev_max_sqs = ([_real(t) for t in lst]
+                                             for lst in (d, dev_avgs, dev_sqs,
+                                                         dev_max_sqs))
         torch._foreach_add_(dev_steps, 1)
         corrections = [
             _bias_corrections(s.item(), beta1, beta2) for s in dev_steps
@@ -522,6 +553,10 @@ def _multi_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         torch._foreach_add_(denom, eps)
         delta = torch._foreach_div(dev_avgs, denom)
         torch._foreach_mul_(delta, [lr / c[0] for c in corrections])
+        delta = [
+            torch.view_as_complex(t) if p.is_complex() else t
+            for t, p in zip(delta, dev_params)
+        ]
         if decoupled and weight_decay != 0:
             torch._foreach_add_(delta, dev_params, alpha=lr * weight_decay)
         torch._foreach_sub_(dev_params,
@@ -557,7 +592,11 @@ def adagrad_gc(params: List[Tensor],
                          plain_lists) = _partition(centralized, params, grads,
                                                    state_sums, state_steps)
     if plain_idx:
-        _torch_adagrad(*plain_lists, foreach=foreach, **hyper)
+        _torch_adagrad(
+            *plain_lists,
+            foreach=foreach,
+            has_complex=_has_complex(plain_lists[0]),
+            **hyper)
     if gc_idx:
         hyper.update(weight_decay=0., maximize=False)
         _torch_step_on_centralized(_torch_adagrad, gc_lists, weight_decay,

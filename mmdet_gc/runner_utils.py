@@ -31,7 +31,8 @@ def apply_gc(cfg: Config, name: str) -> None:
 
     Every other optimizer argument (lr, momentum, weight decay, ...) and the
     rest of ``optim_wrapper`` (clipping, ``paramwise_cfg``) stay as they
-    are, so a run differs from its baseline in GC only.
+    are, so a run differs from its baseline in GC only; ``fused=True``
+    becomes ``foreach=True`` (said on stderr).
 
     Args:
         cfg (Config): A training config with ``optim_wrapper.optimizer``.
@@ -58,6 +59,15 @@ def apply_gc(cfg: Config, name: str) -> None:
             f'{current}; pick the GC optimizer of the same algorithm so '
             'that its arguments carry over')
     optimizer['type'] = name
+    if optimizer.get('fused'):
+        # GC needs each row's mean, which torch's fused kernels do not
+        # compute; the multi-tensor kernel is the nearest path.
+        optimizer.pop('fused')
+        optimizer['foreach'] = True
+        print(
+            f'--gc {name}: the config asks for fused=True, which the GC '
+            'optimizers do not have; using foreach=True instead',
+            file=sys.stderr)
 
 
 def check_optimizer(cfg: Config) -> None:

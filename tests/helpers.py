@@ -3,6 +3,7 @@ of the shapes GC distinguishes, and gradients for them (one parameter has
 none on some steps)."""
 import copy
 import itertools
+import math
 
 import torch
 
@@ -135,3 +136,134 @@ def assert_same_as(ours, a, theirs, b, steps, keys=None):
             assert sa.keys() == sb.keys(), k
             for key in sa:
                 assert torch.equal(sa[key], sb[key]), (k, key, step)
+
+
+# --------------------------------------------------------------------------
+# References written from the maths (float64), one step of one tensor;
+# ``st`` is the optimizer state, with torch's keys.
+# --------------------------------------------------------------------------
+
+
+def reference_step(p,
+                   g,
+                   st,
+                   centralized,
+                   *,
+                   lr,
+                   momentum=0.,
+                   dampening=0.,
+                   weight_decay=0.,
+                   nesterov=False,
+                   maximize=False):
+    """The paper's SGD step, written from the maths with plain ops."""
+    d = gc((-g if maximize else g) + weight_decay * p, centralized)
+    if momentum != 0:
+        buf = st.get('momentum_buffer')
+        buf = d.clone() if buf is None else \
+            momentum * buf + (1 - dampening) * d
+        st['momentum_buffer'] = buf
+        d = d + momentum * buf if nesterov else buf
+    return p - lr * d
+
+
+def ref_sgdw(p,
+             g,
+             st,
+             cen,
+             lr,
+             momentum=0.,
+             weight_decay=0.,
+             maximize=False,
+             **_):
+    d = gc(-g if maximize else g, cen)
+    if momentum:
+        buf = st.get('momentum_buffer')
+        st['momentum_buffer'] = d.clone() if buf is None else \
+            momentum * buf + d
+        d = st['momentum_buffer']
+    return p - lr * d - lr * weight_decay * p
+
+
+def _adam_moments(g, st, betas, amsgrad):
+    if not st:
+        st.update(
+            step=torch.tensor(0.),
+            exp_avg=torch.zeros_like(g),
+            exp_avg_sq=torch.zeros_like(g))
+        if amsgrad:
+            st['max_exp_avg_sq'] = torch.zeros_like(g)
+    st['step'] = st['step'] + 1
+    t = st['step'].item()
+    b1, b2 = betas
+    st['exp_avg'] = b1 * st['exp_avg'] + (1 - b1) * g
+    st['exp_avg_sq'] = b2 * st['exp_avg_sq'] + (1 - b2) * g * g
+    v = st['exp_avg_sq']
+    if amsgrad:
+        st['max_exp_avg_sq'] = torch.maximum(st['max_exp_avg_sq'], v)
+        v = st['max_exp_avg_sq']
+    return t, v
+
+
+def ref_adam(p, g, st, cen, lr, betas, eps, weight_decay, amsgrad, maximize,
+             decoupled, on_update):
+    g = -g if maximize else g
+    if not decoupled:
+        g = g + weight_decay * p
+    if not on_update:
+        g = gc(g, cen)
+    t, v = _adam_moments(g, st, betas, amsgrad)
+    bc1, bc2 = 1 - betas[0]**t, 1 - betas[1]**t
+    delta = lr / bc1 * st['exp_avg'] / (v.sqrt() / math.sqrt(bc2) + eps)
+    if decoupled:
+        delta = delta + lr * weight_decay * p
+    return p - gc(delta, cen and on_update)
+
+
+def ref_adagrad(p,
+                g,
+                st,
+                cen,
+                lr,
+                lr_decay,
+                weight_decay,
+                eps,
+                maximize=False,
+                initial_accumulator_value=0.):
+    if not st:
+        st.update(
+            step=torch.tensor(0.),
+            sum=torch.full_like(p, initial_accumulator_value))
+    st['step'] = st['step'] + 1
+    d = gc((-g if maximize else g) + weight_decay * p, cen)
+    clr = lr / (1 + (st['step'].item() - 1) * lr_decay)
+    st['sum'] = st['sum'] + d * d
+    return p - clr * d / (st['sum'].sqrt() + eps)
+
+
+def reference_for(name):
+    """The float64 reference of the GC optimizer ``name``."""
+    from mmdet_gc import GC_OPTIMIZERS
+    cls = GC_OPTIMIZERS[name]
+    if cls.base_algorithm == 'SGD':
+        return reference_step
+    if cls.base_algorithm == 'SGDW':
+        return ref_sgdw
+    if cls.base_algorithm == 'Adagrad':
+        return ref_adagrad
+
+    def ref(p, g, st, cen, **h):
+        h.setdefault('betas', (0.9, 0.999))
+        h.setdefault('eps', 1e-8)
+        h.setdefault('amsgrad', False)
+        h.setdefault('maximize', False)
+        h.setdefault('weight_decay', 1e-2 if cls.decoupled else 0.)
+        return ref_adam(
+            p,
+            g,
+            st,
+            cen,
+            decoupled=cls.decoupled,
+            on_update=cls.gc_on_update,
+            **h)
+
+    return ref

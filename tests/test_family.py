@@ -8,7 +8,6 @@ counterpart exactly; the "2" variants keep the row means of centralized
 weights.
 """
 import copy
-import math
 
 import pytest
 import torch
@@ -17,114 +16,10 @@ import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
 
 from helpers import (SHAPES, assert_kernels_agree, assert_same_as,
-                     check_against_reference, gc, make_params, product,
-                     set_grads)
+                     check_against_reference, make_params, product,
+                     reference_for, set_grads)
 
 STEPS = 10
-
-# --------------------------------------------------------------------------
-# References, one step of one tensor; ``st`` is the optimizer state.
-# --------------------------------------------------------------------------
-
-
-def ref_sgdw(p,
-             g,
-             st,
-             cen,
-             lr,
-             momentum=0.,
-             weight_decay=0.,
-             maximize=False,
-             **_):
-    d = gc(-g if maximize else g, cen)
-    if momentum:
-        buf = st.get('momentum_buffer')
-        st['momentum_buffer'] = d.clone() if buf is None else \
-            momentum * buf + d
-        d = st['momentum_buffer']
-    return p - lr * d - lr * weight_decay * p
-
-
-def _adam_moments(g, st, betas, amsgrad):
-    if not st:
-        st.update(
-            step=torch.tensor(0.),
-            exp_avg=torch.zeros_like(g),
-            exp_avg_sq=torch.zeros_like(g))
-        if amsgrad:
-            st['max_exp_avg_sq'] = torch.zeros_like(g)
-    st['step'] = st['step'] + 1
-    t = st['step'].item()
-    b1, b2 = betas
-    st['exp_avg'] = b1 * st['exp_avg'] + (1 - b1) * g
-    st['exp_avg_sq'] = b2 * st['exp_avg_sq'] + (1 - b2) * g * g
-    v = st['exp_avg_sq']
-    if amsgrad:
-        st['max_exp_avg_sq'] = torch.maximum(st['max_exp_avg_sq'], v)
-        v = st['max_exp_avg_sq']
-    return t, v
-
-
-def ref_adam(p, g, st, cen, lr, betas, eps, weight_decay, amsgrad, maximize,
-             decoupled, on_update):
-    g = -g if maximize else g
-    if not decoupled:
-        g = g + weight_decay * p
-    if not on_update:
-        g = gc(g, cen)
-    t, v = _adam_moments(g, st, betas, amsgrad)
-    bc1, bc2 = 1 - betas[0]**t, 1 - betas[1]**t
-    delta = lr / bc1 * st['exp_avg'] / (v.sqrt() / math.sqrt(bc2) + eps)
-    if decoupled:
-        delta = delta + lr * weight_decay * p
-    return p - gc(delta, cen and on_update)
-
-
-def ref_adagrad(p,
-                g,
-                st,
-                cen,
-                lr,
-                lr_decay,
-                weight_decay,
-                eps,
-                maximize=False,
-                initial_accumulator_value=0.):
-    if not st:
-        st.update(
-            step=torch.tensor(0.),
-            sum=torch.full_like(p, initial_accumulator_value))
-    st['step'] = st['step'] + 1
-    d = gc((-g if maximize else g) + weight_decay * p, cen)
-    clr = lr / (1 + (st['step'].item() - 1) * lr_decay)
-    st['sum'] = st['sum'] + d * d
-    return p - clr * d / (st['sum'].sqrt() + eps)
-
-
-def reference_for(name):
-    cls = GC_OPTIMIZERS[name]
-    if cls.base_algorithm == 'SGDW':
-        return ref_sgdw
-    if cls.base_algorithm == 'Adagrad':
-        return ref_adagrad
-
-    def ref(p, g, st, cen, **h):
-        h.setdefault('betas', (0.9, 0.999))
-        h.setdefault('eps', 1e-8)
-        h.setdefault('amsgrad', False)
-        h.setdefault('maximize', False)
-        h.setdefault('weight_decay', 1e-2 if cls.decoupled else 0.)
-        return ref_adam(
-            p,
-            g,
-            st,
-            cen,
-            decoupled=cls.decoupled,
-            on_update=cls.gc_on_update,
-            **h)
-
-    return ref
-
 
 HYPER = {
     'SGDW': [

@@ -13,33 +13,10 @@ import torch
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
 from helpers import (DT, SHAPES, assert_kernels_agree, assert_same_as,
-                     check_against_reference, gc, make_params, product,
-                     set_grads)
+                     check_against_reference, make_params, product,
+                     reference_step, set_grads)
 
 STEPS = 12
-
-
-def reference_step(p,
-                   g,
-                   st,
-                   centralized,
-                   *,
-                   lr,
-                   momentum=0.,
-                   dampening=0.,
-                   weight_decay=0.,
-                   nesterov=False,
-                   maximize=False):
-    """The paper's SGD step, written from the maths with plain ops."""
-    d = gc((-g if maximize else g) + weight_decay * p, centralized)
-    if momentum != 0:
-        buf = st.get('momentum_buffer')
-        buf = d.clone() if buf is None else \
-            momentum * buf + (1 - dampening) * d
-        st['momentum_buffer'] = buf
-        d = d + momentum * buf if nesterov else buf
-    return p - lr * d
-
 
 HYPER = [
     dict(lr=0.1),

@@ -185,6 +185,17 @@ def test_gc_flag_switches_any_mmdet_config():
         apply_gc(cfg, 'SGD_GCX')
 
 
+def test_gc_flag_on_a_fused_config_switches_to_foreach(capsys):
+    cfg = Config.fromfile(
+        mmdet_config_path('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
+    cfg.optim_wrapper.optimizer.fused = True
+    apply_gc(cfg, 'SGD_GC')
+    opt = cfg.optim_wrapper.optimizer
+    assert 'fused' not in opt and opt.foreach is True
+    err = capsys.readouterr().err
+    assert 'fused=True' in err and 'foreach=True' in err
+
+
 @pytest.fixture
 def work_with_checkpoint(tmp_path):
     work = tmp_path / 'work'
@@ -237,3 +248,33 @@ def test_test_tool_with_missing_checkpoint(tmp_path, data_root):
     assert proc.returncode != 0
     assert 'test checkpoint not found: nope.pth' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_resume_under_another_optimizer_says_so(tmp_path, data_root):
+    """SGD -> SGD_GC and SGD_GC -> SGD_GCC resume with one warning each;
+    the config's optimizer and GC switches are used from there on."""
+    work = str(tmp_path / 'work')
+    cfg2 = tiny_config(tmp_path, data_root, max_iters=2)
+    run_tool('tools/train.py', cfg2, '--work-dir', work, '--cfg-options',
+             'optim_wrapper.optimizer.type=SGD')
+    assert load(osp.join(work, 'iter_2.pth'))['meta']['optimizer_type'] \
+        == 'SGD'
+    cfg3 = tiny_config(tmp_path / '..', data_root, max_iters=3)
+    out = run_tool('tools/train.py', cfg3, '--work-dir', work, '--resume')
+    log = out.stdout + out.stderr
+    assert log.count('trained with SGD under SGD_GC') == 1, log[-3000:]
+    cfg4 = tiny_config(tmp_path / '../..', data_root, max_iters=4)
+    out = run_tool(
+        'tools/train.py',
+        cfg4,
+        '--work-dir',
+        work,
+        '--resume',
+        '--gc',
+        'SGD_GCC',
+        env=dict(ENV, PYTHONWARNINGS='default'))  # ENV silences warnings
+    log = out.stdout + out.stderr
+    assert 'trained with SGD_GC under SGD_GCC' in log, log[-3000:]
+    assert "'gc_conv_only': False -> True" in log
+    state = load(osp.join(work, 'iter_4.pth'))
+    assert state['optimizer']['param_groups'][0]['gc_conv_only'] is True

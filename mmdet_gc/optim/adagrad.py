@@ -10,15 +10,16 @@ from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from ..functional import adagrad_gc
-from .base import GCOptimizer, check_non_negative
+from .base import GCOptimizer, check_non_negative, scalar
 
 
 class Adagrad_GC(GCOptimizer):
     """Adagrad, L2 decay folded in, then GC on conv and fc gradients.
 
     With GC off it equals ``torch.optim.Adagrad`` exactly. Arguments as
-    torch.optim.Adagrad, plus ``gc`` and ``gc_conv_only`` (param-group
-    keys, see :class:`~mmdet_gc.optim.base.GCOptimizer`).
+    torch.optim.Adagrad (``foreach`` positional too; ``differentiable`` and
+    ``fused`` at their off values only), plus ``gc`` and ``gc_conv_only``
+    (param-group keys, see :class:`~mmdet_gc.optim.base.GCOptimizer`).
     """
 
     base_algorithm = 'Adagrad'
@@ -30,9 +31,11 @@ class Adagrad_GC(GCOptimizer):
                  weight_decay: float = 0.,
                  initial_accumulator_value: float = 0.,
                  eps: float = 1e-10,
+                 foreach: Optional[bool] = None,
                  *,
                  maximize: bool = False,
-                 foreach: Optional[bool] = None,
+                 differentiable: bool = False,
+                 fused: Optional[bool] = None,
                  gc: bool = True,
                  gc_conv_only: Optional[bool] = None) -> None:
         check_non_negative(
@@ -49,27 +52,39 @@ class Adagrad_GC(GCOptimizer):
             eps=eps,
             maximize=maximize,
             foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
             gc=gc,
             gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
-        for group in self.param_groups:  # as torch.optim.Adagrad
+        # As torch.optim.Adagrad: state made here for the first groups, and
+        # lazily (with the default accumulator) for groups added later.
+        for group in self.param_groups:
             for p in group['params']:
-                state = self.state[p]
-                state['step'] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                state['sum'] = torch.full_like(
-                    p,
-                    group['initial_accumulator_value'],
-                    memory_format=torch.preserve_format)
+                self._init_state(p, group['initial_accumulator_value'])
+
+    def _init_state(self, p: Tensor, initial: float) -> dict:
+        state = self.state[p]
+        if not state:
+            state['step'] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            state['sum'] = torch.full_like(
+                p,
+                complex(initial, initial) if p.is_complex() else initial,
+                memory_format=torch.preserve_format)
+        return state
 
     def _update_group(self, group: dict, params: List[Tensor],
                       grads: List[Tensor], centralized: List[bool]) -> None:
-        states = [self.state[p] for p in params]
+        states = [
+            self._init_state(p, self.defaults['initial_accumulator_value'])
+            for p in params
+        ]
         adagrad_gc(
             params,
             grads, [s['sum'] for s in states], [s['step'] for s in states],
             centralized,
             foreach=group['foreach'],
-            lr=group['lr'],
+            lr=scalar(group['lr']),
             weight_decay=group['weight_decay'],
             lr_decay=group['lr_decay'],
             eps=group['eps'],

@@ -17,14 +17,34 @@ AdamW_GC2      decoupled the update incl. decay term  conv + fc
 AdamW_GCC2     decoupled the update incl. decay term  conv
 =============  ========  ===========================  ======================
 """
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from ..functional import adam_gc
-from .base import GCOptimizer, check_non_negative
+from .base import GCOptimizer, check_non_negative, scalar
+
+
+def _check_betas(betas: Tuple[Any, Any], foreach: Optional[bool],
+                 capturable: bool) -> None:
+    """torch.optim.Adam's rules for ``betas``, with our messages for
+    ranges."""
+    if not (all(isinstance(b, float)
+                for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+        raise ValueError('betas must be either both floats or both Tensors')
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if foreach and not capturable:
+                raise ValueError(f'betas[{i}] as a Tensor is not supported '
+                                 'for capturable=False and foreach=True')
+            if beta.numel() != 1:
+                raise ValueError(f'Tensor betas[{i}] must be 1-element')
+            beta = beta.item()
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f'Invalid beta parameter at index {i}: {beta} '
+                             f'(betas[{i}] must be in [0, 1))')
 
 
 class _AdamGCBase(GCOptimizer):
@@ -42,6 +62,10 @@ class _AdamGCBase(GCOptimizer):
         maximize (bool): Maximize the objective. Defaults to False.
         foreach (bool, optional): Multi-tensor kernels; ``None`` chooses as
             torch.optim does.
+        capturable, differentiable, fused: torch.optim's modes, accepted
+            at their off values only (use ``foreach`` instead).
+        decoupled_weight_decay (bool, optional): As torch.optim.Adam; must
+            match the class (``AdamW_*`` are the decoupled ones).
         gc (bool): Apply GC at all (a param-group key). Defaults to True.
         gc_conv_only (bool, optional): Centralize conv weights only (a
             param-group key). Defaults to the class's rule.
@@ -53,25 +77,42 @@ class _AdamGCBase(GCOptimizer):
     #: Centralize the update (the "2" variants) instead of the gradient.
     gc_on_update: bool = False
 
+    torch_modes = ('fused', 'capturable', 'differentiable')
+
     def __init__(self,
                  params: Any,
-                 lr: float = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999),
+                 lr: Union[float, Tensor] = 1e-3,
+                 betas: Tuple[Union[float, Tensor],
+                              Union[float, Tensor]] = (0.9, 0.999),
                  eps: float = 1e-8,
                  weight_decay: Optional[float] = None,
                  amsgrad: bool = False,
                  *,
-                 maximize: bool = False,
                  foreach: Optional[bool] = None,
+                 maximize: bool = False,
+                 capturable: bool = False,
+                 differentiable: bool = False,
+                 fused: Optional[bool] = None,
+                 decoupled_weight_decay: Optional[bool] = None,
                  gc: bool = True,
                  gc_conv_only: Optional[bool] = None) -> None:
+        name = type(self).__name__
+        if decoupled_weight_decay is not None and \
+                bool(decoupled_weight_decay) != self.decoupled:
+            twin = name.replace('AdamW_', 'Adam_') if self.decoupled else \
+                name.replace('Adam_', 'AdamW_')
+            raise ValueError(
+                f'{name} does not take decoupled_weight_decay='
+                f'{decoupled_weight_decay}: its decay is '
+                f'{"decoupled" if self.decoupled else "an L2 penalty"}; use '
+                f'{twin} for the other kind')
         if weight_decay is None:
             weight_decay = 1e-2 if self.decoupled else 0.
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError('lr as a Tensor is not supported for '
+                             'capturable=False and foreach=True')
         check_non_negative(lr=lr, eps=eps, weight_decay=weight_decay)
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f'Invalid betas[{i}]: {beta} (must be in '
-                                 '[0, 1))')
+        _check_betas(betas, foreach, capturable)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -80,6 +121,10 @@ class _AdamGCBase(GCOptimizer):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=self.decoupled,
             gc=gc,
             gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
@@ -105,7 +150,7 @@ class _AdamGCBase(GCOptimizer):
                 state['max_exp_avg_sq'] = torch.zeros_like(
                     p, memory_format=torch.preserve_format)
             states.append(state)
-        beta1, beta2 = group['betas']
+        beta1, beta2 = (scalar(b) for b in group['betas'])
         adam_gc(
             params,
             grads, [s['exp_avg']
@@ -119,7 +164,7 @@ class _AdamGCBase(GCOptimizer):
             amsgrad=amsgrad,
             beta1=beta1,
             beta2=beta2,
-            lr=group['lr'],
+            lr=scalar(group['lr']),
             weight_decay=group['weight_decay'],
             eps=group['eps'],
             maximize=group['maximize'])

@@ -2,21 +2,40 @@
 
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
+import math
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _get_scalar_dtype
 
 from ..functional import is_centralized
 
+#: The param-group keys that switch GC.
+GC_KEYS = ('gc', 'gc_conv_only')
 
-def check_non_negative(**values: float) -> None:
-    """Raise ``ValueError`` naming the first negative hyper-parameter."""
+
+def check_non_negative(**values: Any) -> None:
+    """Raise ``ValueError`` naming the first hyper-parameter that is not a
+    finite number >= 0 (a tensor must have one element), in torch.optim's
+    words."""
     for name, value in values.items():
-        if value < 0.0:
-            raise ValueError(f'Invalid {name}: {value} (must be >= 0)')
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f'Tensor {name} must be 1-element')
+            value = value.item()
+        if not math.isfinite(value) or value < 0.0:
+            label = 'learning rate' if name == 'lr' else \
+                'epsilon value' if name == 'eps' else f'{name} value'
+            raise ValueError(f'Invalid {label}: {value} ({name} must be '
+                             'finite and >= 0)')
+
+
+def scalar(value: Any) -> float:
+    """A hyper-parameter as a Python number (a 1-element tensor read)."""
+    return value.item() if isinstance(value, Tensor) else value
 
 
 def _is_flattened(p: Tensor) -> bool:
@@ -71,6 +90,10 @@ class GCOptimizer(Optimizer):
     gc_conv_only: bool = False
     #: Name of the torch.optim optimizer this one adds GC to.
     base_algorithm: str = ''
+    #: torch.optim's execution modes this class takes at their off values
+    #: only (``None`` / ``False``): GC needs each weight row's mean, which
+    #: none of those paths computes.
+    torch_modes: Tuple[str, ...] = ('fused', 'differentiable')
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
         defaults.setdefault('gc', True)
@@ -79,6 +102,13 @@ class GCOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        for mode in self.torch_modes:
+            if param_group.get(mode, self.defaults.get(mode)):
+                raise ValueError(
+                    f'{type(self).__name__} does not support {mode}=True: '
+                    'GC needs the mean of each weight row, which torch\'s '
+                    f'{mode} path does not compute. Leave {mode} unset; '
+                    'foreach=True gives the multi-tensor kernel')
         super().add_param_group(param_group)
         warn_if_flattened(self.param_groups[-1]['params'], type(self).__name__)
 
@@ -89,6 +119,45 @@ class GCOptimizer(Optimizer):
             group.setdefault('gc_conv_only', self.gc_conv_only)
             group.setdefault('maximize', False)
             group.setdefault('foreach', None)
+            for mode in self.torch_modes:
+                group.setdefault(mode, None if mode == 'fused' else False)
+        # Older checkpoints (and torch's test_load_nontensor_step) hold
+        # ``step`` as a number; the kernels want a tensor, as torch's do.
+        for p_state in self.state.values():
+            step = p_state.get('step') if isinstance(p_state, dict) else None
+            if step is not None and not torch.is_tensor(step):
+                p_state['step'] = torch.tensor(
+                    float(step), dtype=_get_scalar_dtype())
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state as torch.optim does, keeping this optimizer's GC
+        switches.
+
+        ``gc`` and ``gc_conv_only`` say what this optimizer is (``SGD_GCC``
+        or ``SGD_GC``, a layer's ``gc=False`` in the config), not where
+        training stands, so the values it was built with win over the
+        loaded ones; a difference is reported in one warning. A state saved
+        by torch.optim (without these keys) leaves them as they are.
+        """
+        mine = [{k: g[k] for k in GC_KEYS} for g in self.param_groups]
+        saved = [{
+            k: g[k]
+            for k in GC_KEYS if k in g
+        } for g in state_dict['param_groups']]
+        super().load_state_dict(state_dict)
+        changed = []
+        for i, (group, kept,
+                loaded) in enumerate(zip(self.param_groups, mine, saved)):
+            for key in GC_KEYS:
+                if key in loaded and loaded[key] != kept[key]:
+                    changed.append(
+                        f'group {i} {key!r}: {loaded[key]} -> {kept[key]}')
+                group[key] = kept[key]
+        if changed:
+            warnings.warn(
+                f'{type(self).__name__}: the GC switches it was built with '
+                'win over the loaded state\'s (' + '; '.join(changed) + ')',
+                stacklevel=2)
 
     def _gather(
         self,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..functional import default_foreach, sgd_gc
-from .base import GCOptimizer, check_non_negative
+from .base import GCOptimizer, check_non_negative, scalar
 
 
 class SGD_GC(GCOptimizer):
@@ -32,7 +32,8 @@ class SGD_GC(GCOptimizer):
 
     Args:
         params (iterable): Parameters or param groups.
-        lr (float): Learning rate. Defaults to 1e-3 (as torch.optim.SGD).
+        lr (float | Tensor): Learning rate. Defaults to 1e-3 (as
+            torch.optim.SGD).
         momentum (float): Momentum factor. Defaults to 0.
         dampening (float): Dampening for momentum. Defaults to 0.
         weight_decay (float): L2 penalty, folded into the gradient before
@@ -41,6 +42,9 @@ class SGD_GC(GCOptimizer):
         maximize (bool): Maximize the objective. Defaults to False.
         foreach (bool, optional): Use the multi-tensor kernel; ``None``
             chooses as torch.optim does (foreach on CUDA, a loop on CPU).
+        differentiable (bool): Only False (torch's default) is supported.
+        fused (bool, optional): Only None / False is supported; use
+            ``foreach`` instead.
         gc (bool): Apply GC at all (a param-group key). Defaults to True.
         gc_conv_only (bool, optional): Centralize conv weights only (a
             param-group key). Defaults to False for ``SGD_GC`` and True for
@@ -65,6 +69,8 @@ class SGD_GC(GCOptimizer):
                  *,
                  maximize: bool = False,
                  foreach: Optional[bool] = None,
+                 differentiable: bool = False,
+                 fused: Optional[bool] = None,
                  gc: bool = True,
                  gc_conv_only: Optional[bool] = None) -> None:
         check_non_negative(
@@ -84,6 +90,8 @@ class SGD_GC(GCOptimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
             gc=gc,
             gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
@@ -97,7 +105,7 @@ class SGD_GC(GCOptimizer):
     def _update_group(self, group: dict, params: List[Tensor],
                       grads: List[Tensor], centralized: List[bool]) -> None:
         momentum = group['momentum']
-        lr, weight_decay = group['lr'], group['weight_decay']
+        lr, weight_decay = scalar(group['lr']), scalar(group['weight_decay'])
         if self.decoupled and weight_decay != 0 and params:
             # p = p_old - lr * d - lr * wd * p_old: scale first, then
             # the (decay-free) SGD step below adds -lr * d.

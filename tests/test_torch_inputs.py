@@ -1,0 +1,100 @@
+"""torch's own optimizer test inputs, not ours: ``optim_db`` from
+``torch.testing._internal.common_optimizers``, for SGD, Adam, AdamW and
+Adagrad. With GC off each GC optimizer equals torch.optim bit for bit over
+every input that runs on the CPU; with GC on it equals the float64
+reference written from the maths (Yong et al., ECCV 2020); torch's error
+inputs raise as torch's do.
+"""
+import pytest
+import torch
+from torch.testing._internal.common_optimizers import (OptimizerErrorEnum,
+                                                       optim_db)
+
+from mmdet_gc import GC_OPTIMIZERS
+
+from helpers import (DT, assert_same_as, check_against_reference, make_params,
+                     reference_for)
+
+TORCH = {info.optim_cls.__name__: info for info in optim_db}
+STEPS = 4
+
+
+def inputs(algo):
+    """``(kwargs, desc)`` of torch's inputs for ``algo`` on the CPU."""
+    info = TORCH[algo]
+    return [(i.kwargs, i.desc)
+            for i in info.optim_inputs_func(device='cpu', dtype=DT)
+            if i.params is None]
+
+
+CASES = [
+    pytest.param(name, kwargs, foreach, id=f'{name}-{desc}-foreach{foreach}')
+    for name, cls in GC_OPTIMIZERS.items() if cls.base_algorithm in TORCH
+    for kwargs, desc in inputs(cls.base_algorithm) for foreach in (False, True)
+]
+
+
+def _builds(make):
+    """Build, or return the exception torch's validation raised."""
+    try:
+        return make()
+    except ValueError as e:
+        return e
+
+
+@pytest.mark.parametrize('name,kwargs,foreach', CASES)
+def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach):
+    cls = GC_OPTIMIZERS[name]
+    a, b = make_params(), make_params()
+    theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
+        b.values(), foreach=foreach, **kwargs))
+    ours = _builds(
+        lambda: cls(a.values(), foreach=foreach, gc=False, **kwargs))
+    if isinstance(theirs, ValueError):  # e.g. a tensor lr with foreach
+        assert isinstance(ours, ValueError), theirs
+        return
+    assert not isinstance(ours, Exception), ours
+    assert_same_as(ours, a, theirs, b, STEPS)
+
+
+@pytest.mark.parametrize('name,kwargs,foreach', CASES)
+def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach):
+    cls = GC_OPTIMIZERS[name]
+    params = make_params()
+    opt = _builds(lambda: cls(params.values(), foreach=foreach, **kwargs))
+    if isinstance(opt, ValueError):
+        pytest.skip(f'torch refuses these arguments as well: {opt}')
+    hyper = {
+        k: v.item() if torch.is_tensor(v) else v
+        for k, v in kwargs.items()
+    }
+    hyper.setdefault(
+        'lr', opt.defaults['lr'].item()
+        if torch.is_tensor(opt.defaults['lr']) else opt.defaults['lr'])
+    if cls.base_algorithm == 'Adagrad':
+        hyper = {**dict(lr_decay=0., weight_decay=0., eps=1e-10), **hyper}
+    check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
+                            lambda k: hyper, STEPS)
+
+
+ERRORS = [
+    pytest.param(name, err, id=f'{name}-{i}')
+    for name, cls in GC_OPTIMIZERS.items() if cls.base_algorithm in TORCH
+    for i, err in enumerate(TORCH[cls.base_algorithm].optim_error_inputs_func(
+        device='cpu', dtype=torch.float32))
+]
+
+
+@pytest.mark.parametrize('name,err', ERRORS)
+def test_torchs_error_inputs_raise_as_torchs(name, err):
+    cls = GC_OPTIMIZERS[name]
+    given = err.optimizer_error_input
+    expect = pytest.warns if issubclass(err.error_type, Warning) else \
+        pytest.raises
+    if err.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        with expect(err.error_type, match=err.error_regex):
+            cls(given.params, **given.kwargs)
+    else:
+        opt = cls(given.params, **given.kwargs)
+        with expect(err.error_type, match=err.error_regex):
+            opt.step()
