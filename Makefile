@@ -2,7 +2,7 @@
 # idempotent: a finished setup costs one file comparison).
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench clean-demo
+.PHONY: setup test demo study bench clean-demo
 
 setup:
 	bash tools/setup_env.sh
@@ -14,6 +14,16 @@ test: setup
 ## The main job: synthetic COCO, Mask R-CNN + SGD_GC train, COCO box/mask AP.
 demo: setup
 	$(PY) tools/demo.py
+
+## The miniature paired study: SGD vs SGD_GC x 5 seeds on the synthetic
+## data, evaluated plain and under brightness offsets; report in
+## work_dirs/study/report.{md,json,png}.
+STUDY_CFG := configs/demo/mask-rcnn_r18-tiny_fpn_sgd_synthetic-study.py
+study: setup
+	test -f data/synthetic_coco/annotations/instances_val.json || \
+		$(PY) tools/make_synthetic_coco.py data/synthetic_coco
+	$(PY) tools/gc_study.py $(STUDY_CFG) --gc SGD_GC --seeds 0 1 2 3 4 \
+		--shifts -40 0 40 --threshold 0.05 --work-dir work_dirs/study
 
 ## Optimizer-step and training-iteration benchmarks.
 bench: setup

@@ -19,13 +19,14 @@ from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
 from .registry import (register_gc_hooks,
                        register_gc_optim_wrapper_constructors,
-                       register_gc_optimizers)
+                       register_gc_optimizers, register_gc_transforms)
 
 __version__ = '0.1.0'
 
 register_gc_optimizers()
 register_gc_optim_wrapper_constructors()
 register_gc_hooks()
+register_gc_transforms()
 
 __all__ = [
     'centralize', 'foreach_centralize', 'is_centralized', 'GC_OPTIMIZERS',

@@ -10,7 +10,7 @@ other downstream scope. One function per family, as
 from typing import Dict, List
 
 from mmengine.registry import (HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS,
-                               Registry)
+                               TRANSFORMS, Registry)
 
 
 def _qualname(obj: object) -> str:
@@ -64,7 +64,18 @@ def register_gc_optim_wrapper_constructors() -> List[str]:
 
 
 def register_gc_hooks() -> List[str]:
-    """Register ``PlainCheckpointHook`` (plain-data checkpoints)."""
+    """Register ``PlainCheckpointHook`` (plain-data checkpoints) and
+    ``RowMeanDriftHook`` (the paper's theorem, measured)."""
     from .checkpoint import PlainCheckpointHook
-    return register_modules(HOOKS,
-                            {'PlainCheckpointHook': PlainCheckpointHook})
+    from .diagnostics import RowMeanDriftHook
+    return register_modules(
+        HOOKS, {
+            'PlainCheckpointHook': PlainCheckpointHook,
+            'RowMeanDriftHook': RowMeanDriftHook
+        })
+
+
+def register_gc_transforms() -> List[str]:
+    """Register ``IntensityShift`` (evaluation under brightness offsets)."""
+    from .diagnostics import IntensityShift
+    return register_modules(TRANSFORMS, {'IntensityShift': IntensityShift})

@@ -160,8 +160,8 @@ def test_amp(tmp_path, data_root):
         assert proc.returncode != 0
         assert '--amp needs a CUDA' in proc.stderr
         assert not osp.exists(work)
-        pytest.skip('mmengine 0.10.7 AmpOptimWrapper needs CUDA/NPU/MLU/MUSA'
-                    '; checked that --amp on the CPU fails cleanly instead')
+        # MMEngine's AmpOptimWrapper itself, on the CPU: tests/test_amp.py.
+        return
     run_tool('tools/train.py', cfg, '--work-dir', work, '--amp')
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
 

@@ -37,6 +37,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true')
+    parser.add_argument(
+        '--intensity-shift',
+        type=float,
+        metavar='OFFSET',
+        help='add OFFSET to every pixel value of the test images (clipped '
+        'to 0..255), e.g. -40: the brightness-shift test of the GC study')
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -79,8 +85,27 @@ def build_cfg(args: argparse.Namespace) -> Config:
             test_data_cfg = test_data_cfg['dataset']
         test_data_cfg.pipeline = cfg.tta_pipeline
 
+    if args.intensity_shift:
+        add_intensity_shift(cfg, args.intensity_shift)
     check_dataset_paths(cfg, ('test_dataloader', ))
     return cfg
+
+
+def add_intensity_shift(cfg: Config, offset: float) -> None:
+    """Insert ``IntensityShift(offset)`` after the image is loaded in the
+    test pipeline."""
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    pipeline = dataset.pipeline
+    loads = [
+        i for i, t in enumerate(pipeline) if 'LoadImage' in str(t['type'])
+    ]
+    if not loads:
+        raise InputError('--intensity-shift needs a test pipeline that loads '
+                         'images (no LoadImage* transform found)')
+    pipeline.insert(loads[0] + 1,
+                    ConfigDict(type='IntensityShift', offset=offset))
 
 
 def main() -> None:

@@ -1,0 +1,226 @@
+"""Paired GC studies: the statistics against hand-computed values, the
+report on a fake study with failed and diverged runs, skip / resume,
+``--print-commands``, the brightness shift, and a two-arm x two-seed study
+end to end (Yong et al., ECCV 2020: the effect of GC, measured over
+seeds)."""
+import json
+import math
+import os
+import os.path as osp
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from mmdet_gc import study
+from mmdet_gc.diagnostics import IntensityShift, row_means
+from mmdet_gc.study import (METRICS, Arm, Plan, execute, make_arms,
+                            paired_stats, read_study, summarize, write_report)
+
+from tool_helpers import ROOT, run_tool, tiny_config
+
+
+def test_paired_stats_against_hand_computed_values():
+    base, gc = [0.30, 0.32, 0.31], [0.33, 0.33, 0.35]
+    st = paired_stats(base, gc)
+    # Differences 0.03, 0.01, 0.04: mean 0.02667, sample std 0.015275;
+    # t(0.975, df=2) = 4.302653 (tables), so the half width is
+    # 4.302653 * 0.015275 / sqrt(3) = 0.037946; t = 3.0237, p = 0.0942.
+    assert st['n'] == 3
+    assert st['mean'] == pytest.approx(0.026667, abs=1e-6)
+    assert st['std'] == pytest.approx(0.015275, abs=1e-6)
+    assert st['ci_low'] == pytest.approx(0.026667 - 0.037946, abs=1e-5)
+    assert st['ci_high'] == pytest.approx(0.026667 + 0.037946, abs=1e-5)
+    assert st['p'] == pytest.approx(0.0942, abs=5e-4)
+    one = paired_stats([0.3], [0.4])
+    assert one['mean'] == pytest.approx(0.1) and math.isnan(one['ci_low'])
+    with pytest.raises(ValueError, match='one value per seed'):
+        paired_stats([0.3, 0.2], [0.4])
+
+
+def _write_run(work, arm, seed, box, losses, shifts=(0., ), failed=False):
+    run = work / arm / f'seed{seed}'
+    vis = run / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    with open(vis / 'scalars.json', 'w') as f:
+        for i, loss in enumerate(losses):
+            f.write(json.dumps(dict(iter=i + 1, loss=loss)) + '\n')
+    if failed:
+        (run / 'train.failed').write_text('')
+        return
+    (run / 'train.done').write_text('')
+    for shift in shifts:
+        out = run / f'shift{shift:g}' / '20260101_000001'
+        out.mkdir(parents=True)
+        metrics = {m: box - abs(shift) / 1000 for m in METRICS}
+        (out / '20260101_000001.json').write_text(json.dumps(metrics) + '\n')
+        (run / f'shift{shift:g}' / 'test.done').write_text('')
+
+
+@pytest.fixture
+def fake_study(tmp_path):
+    work = tmp_path / 'study'
+    for seed, (b, g) in enumerate([(0.30, 0.33), (0.32, 0.33), (0.31, 0.35)]):
+        _write_run(work, 'base', seed, b, [2.0, 1.5], shifts=(-40., 0.))
+        _write_run(work, 'SGD_GC', seed, g, [2.0, 1.4], shifts=(-40., 0.))
+    # A fourth seed: the base run diverged (nan loss), the GC run failed.
+    _write_run(work, 'base', 3, 0.01, [2.0, float('nan')], shifts=(-40., 0.))
+    _write_run(work, 'SGD_GC', 3, 0., [2.0], failed=True)
+    return work
+
+
+def test_report_counts_failed_and_diverged_runs_and_keeps_them(fake_study):
+    results = read_study(str(fake_study), threshold=0.05)
+    status = {(r.arm, r.seed): r.status for r in results}
+    assert status[('base', 3)] == 'diverged'
+    assert status[('SGD_GC', 3)] == 'failed'
+    summary = summarize(results)
+    assert list(summary['arms']) == ['base', 'SGD_GC']
+    base, gc = summary['arms']['base'], summary['arms']['SGD_GC']
+    assert (base['ok'], base['diverged'], base['failed']) == (3, 1, 0)
+    assert (gc['ok'], gc['diverged'], gc['failed']) == (3, 0, 1)
+    # Nothing dropped: the failed run counts as AP 0, the diverged one as
+    # what it scored.
+    m = 'coco/bbox_mAP'
+    assert gc['metrics'][m]['n'] == 4
+    assert gc['metrics'][m]['mean'] == pytest.approx((0.33 + 0.33 + 0.35) / 4)
+    assert base['metrics'][m]['mean'] == pytest.approx(
+        (0.30 + 0.32 + 0.31 + 0.01) / 4)
+    paired = summary['paired']['SGD_GC'][m]
+    want = paired_stats([0.30, 0.32, 0.31, 0.01], [0.33, 0.33, 0.35, 0.])
+    assert paired == pytest.approx(want)
+    assert base['shift_bbox_mAP'] == pytest.approx({
+        '-40': (0.30 + 0.32 + 0.31 + 0.01) / 4 - 0.04,
+        '0': (0.30 + 0.32 + 0.31 + 0.01) / 4
+    })
+
+
+def test_report_files(fake_study):
+    text, summary = write_report(str(fake_study), threshold=0.05)
+    assert 'Paired difference SGD_GC - base' in text
+    assert '| base | 4 | 3 / 1 / 0 |' in text
+    assert '| SGD_GC | 4 | 3 / 0 / 1 |' in text
+    saved = json.load(open(fake_study / 'report.json'))
+    assert saved['arms']['SGD_GC']['failed'] == 1
+    assert len(saved['runs']) == 8
+    assert osp.getsize(fake_study / 'report.png') > 10000
+
+
+def test_arms_and_commands(tmp_path):
+    arms = make_arms(['SGD_GC', 'SGD_GCC'], [0.08])
+    assert [a.name for a in arms] == [
+        'base', 'SGD_GC', 'SGD_GCC', 'base_lr0.08', 'SGD_GC_lr0.08',
+        'SGD_GCC_lr0.08'
+    ]
+    cmd = study.train_command('c.py', str(tmp_path), Arm('SGD_GC', 0.08), 3,
+                              'pytorch', ['a=1'])
+    assert cmd[1:] == [
+        'tools/train.py', 'c.py', '--work-dir',
+        str(tmp_path / 'SGD_GC_lr0.08' / 'seed3'), '--gc', 'SGD_GC',
+        '--launcher', 'pytorch', '--cfg-options', 'randomness.seed=3', 'a=1',
+        'optim_wrapper.optimizer.lr=0.08'
+    ]
+
+
+def test_execute_skips_finished_runs_and_resumes_interrupted_ones(
+        tmp_path, monkeypatch):
+    work = tmp_path / 'w'
+    plan = Plan(
+        'c.py', str(work), make_arms(['SGD_GC']), [0, 1], shifts=[0., 40.])
+    calls = []
+
+    def fake_run(cmd, log, cwd):
+        calls.append(cmd)
+        run = cmd[cmd.index('--work-dir') + 1]
+        os.makedirs(run, exist_ok=True)
+        if cmd[1] == 'tools/train.py':
+            ckpt = osp.join(run, 'iter_2.pth')
+            open(ckpt, 'w').close()
+            open(osp.join(run, 'last_checkpoint'), 'w').write(ckpt)
+        return 0
+
+    monkeypatch.setattr(study, '_run', fake_run)
+    # base seed 0 finished; SGD_GC seed 0 interrupted after a checkpoint.
+    done = work / 'base' / 'seed0'
+    for sub in ('shift0', 'shift40'):
+        (done / sub).mkdir(parents=True)
+        (done / sub / 'test.done').write_text('')
+    (done / 'train.done').write_text('')
+    cut = work / 'SGD_GC' / 'seed0'
+    cut.mkdir(parents=True)
+    (cut / 'iter_1.pth').write_text('')
+    (cut / 'last_checkpoint').write_text(str(cut / 'iter_1.pth'))
+    said = []
+    counts = execute(plan, ROOT, say=said.append)
+    assert counts == dict(done=1, ran=3, failed=0)
+    trains = [c for c in calls if c[1] == 'tools/train.py']
+    assert len(trains) == 3
+    assert '--resume' in trains[0] and str(cut) in trains[0]
+    assert all('--resume' not in c for c in trains[1:])
+    tests = [c for c in calls if c[1] == 'tools/test.py']
+    assert len(tests) == 6
+    assert sum('--intensity-shift' in c for c in tests) == 3
+    assert any('left' in s for s in said)  # an ETA once a run is timed
+    calls.clear()
+    assert execute(plan, ROOT, say=said.append)['done'] == 4 and not calls
+
+
+def test_print_commands_one_line_per_run(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root)
+    out = run_tool('tools/gc_study.py', cfg, '--gc', 'SGD_GCC', '--seeds', '0',
+                   '1', '--print-commands', '--work-dir', str(tmp_path / 'w'))
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4
+    only = [shlex.split(line)[-1] for line in lines]
+    assert only == ['base:0', 'SGD_GCC:0', 'base:1', 'SGD_GCC:1']
+    assert all('--print-commands' not in line for line in lines)
+    assert not (tmp_path / 'w').exists()
+    bad = run_tool('tools/gc_study.py', cfg, '--only', 'nope:0', ok=False)
+    assert bad.returncode != 0 and 'base:0' in bad.stderr
+    assert 'Traceback' not in bad.stderr
+
+
+def test_intensity_shift_and_row_means():
+    img = np.array([[0, 10, 250]], dtype=np.uint8)
+    assert IntensityShift(20).transform({'img': img
+                                         })['img'].tolist() == [[20, 30, 255]]
+    assert IntensityShift(-20).transform({'img': img
+                                          })['img'].tolist() == [[0, 0, 230]]
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Linear(4, 5))
+    means = row_means(net)
+    assert set(means) == {'0.weight', '1.weight'}
+    torch.testing.assert_close(means['1.weight'],
+                               net[1].weight.double().mean(1))
+
+
+def test_two_arms_two_seeds_end_to_end(tmp_path, data_root):
+    """base (torch SGD) vs SGD_GC, seeds 0 and 1, 3 iterations, evaluated
+    plain and at +40: the report pairs them, and the GC arm's row means do
+    not move."""
+    cfg = tiny_config(
+        tmp_path,
+        data_root,
+        max_iters=3,
+        extra="""
+        optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.02))
+        custom_hooks = [dict(type='PlainCheckpointHook'),
+                        dict(type='RowMeanDriftHook')]
+        """)
+    work = tmp_path / 'study'
+    out = run_tool('tools/gc_study.py', cfg, '--gc', 'SGD_GC', '--seeds', '0',
+                   '1', '--shifts', '0', '40', '--work-dir', str(work))
+    assert 'run 4/4' in out.stdout
+    summary = json.load(open(work / 'report.json'))
+    assert summary['paired']['SGD_GC']['coco/bbox_mAP']['n'] == 2
+    for arm in ('base', 'SGD_GC'):
+        assert summary['arms'][arm]['failed'] == 0
+        assert set(summary['arms'][arm]['shift_bbox_mAP']) == {'0', '40'}
+    gc = summary['arms']['SGD_GC']['max_row_mean_drift']
+    base = summary['arms']['base']['max_row_mean_drift']
+    assert gc['conv'] < 1e-6 and gc['fc'] < 1e-6
+    assert base['conv'] > 100 * gc['conv']
+    # Run again: everything is done, nothing is retrained.
+    again = run_tool('tools/gc_study.py', cfg, '--gc', 'SGD_GC', '--seeds',
+                     '0', '1', '--shifts', '0', '40', '--work-dir', str(work))
+    assert '0 run(s)' in again.stdout and '4 were done before' in again.stdout
