@@ -105,6 +105,41 @@ def main() -> None:
     overhead = (med['SGD_GC'][1] - med['SGD'][1]) / med['SGD'][0]
     print(f'GC overhead: {100 * overhead:.2f}% of an iteration '
           '(step-time difference / SGD iteration time)')
+    stats_cost(runs['SGD_GC'], med['SGD_GC'][0], args.iters)
+
+
+def stats_cost(run,
+               iteration: float,
+               repeats: int,
+               interval: int = 50) -> None:
+    """What GCStatsHook costs: one logging pass over the model's weights
+    and gradients, against the iteration time measured above."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+
+    from mmdet_gc.diagnostics import GCStatsHook
+    model, wrapper, _ = run
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen)
+    runner = SimpleNamespace(
+        model=model,
+        optim_wrapper=wrapper,
+        message_hub=MessageHub.get_instance('bench_gc_stats'),
+        iter=0)
+    hook = GCStatsHook(interval=interval)
+    hook.before_train(runner)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        hook.log(runner)
+        times.append(time.perf_counter() - t0)
+    hook.after_train(runner)
+    cost = statistics.median(times)
+    print(f'GCStatsHook: {cost * 1e3:.1f} ms per logged iteration, '
+          f'{100 * cost / iteration:.2f}% of an SGD_GC iteration; every '
+          f'{interval} iterations: {100 * cost / iteration / interval:.3f}%')
 
 
 if __name__ == '__main__':

@@ -111,7 +111,17 @@ def adamw_rows() -> Dict[str, Callable]:
         lambda ps: mmdet_gc.AdamW_GCC2(ps, foreach=True, **hyper),
         'AdamW_GC2 (single-tensor)':
         lambda ps: mmdet_gc.AdamW_GC2(ps, foreach=False, **hyper),
+        # GC on the update of torch's own AdamW (any-optimizer hooks).
+        'AdamW + GC on update (for-loop)':
+        lambda ps: _on_update(torch.optim.AdamW(ps, foreach=False, **hyper)),
+        'AdamW + GC on update (foreach)':
+        lambda ps: _on_update(torch.optim.AdamW(ps, foreach=True, **hyper)),
     }
+
+
+def _on_update(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    mmdet_gc.attach_gc(optimizer, on='update')
+    return optimizer
 
 
 FAMILIES = {'SGD': sgd_rows, 'Adam': adam_rows, 'AdamW': adamw_rows}

@@ -25,6 +25,7 @@ Instead:
 (Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
 module only makes the package's runs safe to resume and test.)
 """
+import math
 import os
 import os.path as osp
 import pickle
@@ -40,6 +41,10 @@ from mmengine.hooks import Hook
 
 # The key that marks a dict standing for a non-plain object.
 TAG = '__mmdet_gc__'
+
+# Deeper than any checkpoint MMEngine writes; a crafted file could nest
+# until Python's recursion limit, inside the runner.
+MAX_DEPTH = 64
 
 # MMEngine 0.10's Runner.resume executes ``meta['config']`` (a string) as a
 # Python config file, to read ``gpu_ids``: code in plain data. MMEngine
@@ -82,6 +87,14 @@ def _np_from_plain(obj: dict, where: str) -> np.ndarray:
     data = obj.get('data')
     if type(data) is not torch.Tensor or data.layout != torch.strided:
         raise ValueError(f'{where}: an array without tensor data')
+    # What to_plain writes: a plain, contiguous tensor inside its storage
+    # (a crafted one could declare terabytes over one element, or carry
+    # conjugate / negative bits numpy cannot read).
+    if data.is_conj() or data.is_neg() or data.is_quantized or \
+            not data.is_contiguous() or data.untyped_storage().nbytes() < \
+            (data.storage_offset() + data.numel()) * data.element_size():
+        raise ValueError(f'{where}: an array whose tensor is not a plain, '
+                         'contiguous one inside its storage')
     arr = data.detach().cpu().numpy().copy()
     if arr.dtype.name not in _NUMPY_DTYPES:
         raise ValueError(f'{where}: an array of dtype {arr.dtype}')
@@ -139,7 +152,7 @@ def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
         'and dicts')
 
 
-def from_plain(obj: Any, where: str = 'checkpoint') -> Any:
+def from_plain(obj: Any, where: str = 'checkpoint', depth: int = 0) -> Any:
     """Undo :func:`to_plain`; safe on untrusted input.
 
     Only the three marked forms are rebuilt, from tensors of a numeric dtype
@@ -147,14 +160,17 @@ def from_plain(obj: Any, where: str = 'checkpoint') -> Any:
     name taken from the file.
 
     Raises:
-        ValueError: A malformed marked dict; the message names its path.
+        ValueError: A malformed marked dict, or nesting deeper than
+            :data:`MAX_DEPTH`; the message names its path.
     """
+    if depth > MAX_DEPTH:
+        raise ValueError(f'{where}: nested deeper than {MAX_DEPTH} levels')
     if isinstance(obj, dict):
         kind = obj.get(TAG)
         if kind is None:
-            return _from_plain_items(obj, where)
+            return _from_plain_items(obj, where, depth)
         if kind == 'dict' and isinstance(obj.get('items'), dict):
-            return _from_plain_items(obj['items'], where)  # escaped TAG
+            return _from_plain_items(obj['items'], where, depth)
         if kind == 'ndarray':
             return _np_from_plain(obj, where)
         if kind == 'numpy_scalar':
@@ -167,15 +183,17 @@ def from_plain(obj: Any, where: str = 'checkpoint') -> Any:
             return _history_buffer(obj, where)
         raise ValueError(f'{where}: unknown marked object {kind!r}')
     if type(obj) in (list, tuple, set):
-        return type(obj)(from_plain(v, f'{where}[{i}]')
+        return type(obj)(from_plain(v, f'{where}[{i}]', depth + 1)
                          for i, v in enumerate(obj))
     return obj
 
 
-def _from_plain_items(obj: dict, where: str) -> dict:
-    out = type(obj)()  # dict, OrderedDict or Counter: what torch rebuilds
+def _from_plain_items(obj: dict, where: str, depth: int) -> dict:
+    # dict, OrderedDict or Counter: what torch rebuilds. Attributes a
+    # pickle's BUILD may have set on it are not carried over.
+    out = type(obj)()
     for k, v in obj.items():
-        out[k] = from_plain(v, f'{where}.{k}')
+        out[k] = from_plain(v, f'{where}.{k}', depth + 1)
     return out
 
 
@@ -235,8 +253,45 @@ class PlainCheckpointHook(Hook):
                 'would execute it as Python on resume')
         if getattr(runner, '_resume', False):
             _warn_on_other_optimizer(runner, restored)
+            _confine_checkpoint_paths(runner, restored)
         checkpoint.clear()
         checkpoint.update(restored)
+
+
+def _confine_checkpoint_paths(runner: Any, checkpoint: dict) -> None:
+    """Keep MMEngine's CheckpointHook to this run's own files on resume.
+
+    It removes ``runtime_info['best_ckpt*']`` when a better one comes, and
+    ``iter_<id>.pth`` for the oldest ``keep_ckpt_ids``: paths and ids taken
+    from the file. A best checkpoint outside the work dir is forgotten (not
+    removed), and ids after the checkpoint's own step are dropped.
+    """
+    hub = checkpoint.get('message_hub') or {}
+    info, resumed = hub.get('runtime_info'), hub.get('resumed_keys')
+    if not isinstance(info, dict):
+        return
+    root = osp.realpath(runner.work_dir)
+    for key in [k for k in info if k.startswith('best_ckpt')]:
+        path = info[key]
+        if not (isinstance(path, str)
+                and osp.dirname(osp.realpath(path)) == root):
+            del info[key]
+            if isinstance(resumed, dict):
+                resumed.pop(key, None)
+            runner.logger.warning(
+                f'forgot runtime_info.{key}={path!r} from the checkpoint: '
+                f'it is not in this run\'s work dir {root}, so it will not '
+                'be removed when a better checkpoint comes')
+    ids = info.get('keep_ckpt_ids')
+    if isinstance(ids, list):
+        meta = checkpoint.get('meta') or {}
+        last = max(meta.get('iter', 0), meta.get('epoch', 0))
+        kept = sorted({i for i in ids if type(i) is int and 0 < i <= last})
+        if kept != ids:
+            runner.logger.warning(
+                'keep_ckpt_ids from the checkpoint trimmed to the steps it '
+                f'had reached: {kept}')
+            info['keep_ckpt_ids'] = kept
 
 
 def _optimizer_type(runner: Any) -> Optional[str]:
@@ -364,33 +419,124 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'checkpoint {path} holds a '
                               f'{type(ckpt).__name__}, not a dict')
+    _check_module_versions(ckpt, path)
     try:
         return from_plain(to_plain(ckpt) if trust else ckpt)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f'checkpoint {path} is malformed: '
-                              f'{e}') from None
     except RecursionError:
         raise CheckpointError(f'checkpoint {path} is malformed: nested too '
                               'deeply') from None
+    except (TypeError, ValueError) as e:  # ours, naming the key path
+        raise CheckpointError(f'checkpoint {path} is malformed: '
+                              f'{str(e).splitlines()[0]}') from None
+    except (RuntimeError, MemoryError) as e:  # torch / numpy on odd data
+        raise CheckpointError(f'checkpoint {path} is malformed: '
+                              f'{_first_line(e)}') from None
 
 
 def _is_tensor_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(v, torch.Tensor) for v in obj.values())
+        isinstance(k, str) and isinstance(v, torch.Tensor)
+        for k, v in obj.items())
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _check_weights(weights: Any, path: str) -> None:
+    if not _is_tensor_dict(weights):
+        raise CheckpointError(
+            f'checkpoint {path} has no model weights (a "state_dict" of '
+            'tensors by name)')
+
+
+def _check_module_versions(ckpt: dict, path: str) -> None:
+    """torch keeps module versions in a ``_metadata`` attribute of a state
+    dict, which a pickle can set to anything and ``load_state_dict``
+    reads. Checked on the file as loaded, before anything is rebuilt."""
+    weights = ckpt.get('state_dict', ckpt)
+    meta = getattr(weights, '_metadata', None)
+    if meta is not None and not (isinstance(meta, dict) and all(
+            isinstance(k, str) and isinstance(v, dict) and all(
+                isinstance(vk, str) and (vk != 'version' or type(vv) is int)
+                for vk, vv in v.items()) for k, v in meta.items())):
+        raise CheckpointError(f'checkpoint {path} has malformed module '
+                              'version metadata in its weights')
+
+
+def _scheduler_methods() -> set:
+    """Names MMEngine's parameter schedulers must keep as methods: their
+    ``load_state_dict`` is ``__dict__.update(state)``."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    names = set()
+    for cls in PARAM_SCHEDULERS.module_dict.values():
+        names.update(n for n in dir(cls) if callable(getattr(cls, n, None)))
+    return names
+
+
+def _check_resume_parts(ckpt: dict, path: str) -> None:
+    """What Runner.resume and its hooks act on, beyond the counters."""
+    bad = f'checkpoint {path} cannot be resumed: its '
+    seed = ckpt['meta'].get('seed')
+    if seed is not None and not (type(seed) is int and 0 <= seed < 2**32):
+        raise CheckpointError(bad + f'meta.seed {seed!r} is not a seed')
+    optimizer = ckpt.get('optimizer')
+    if optimizer is not None:
+        groups = optimizer.get('param_groups') \
+            if isinstance(optimizer, dict) else None
+        if not (isinstance(groups, list) and groups and all(
+                isinstance(g, dict) and isinstance(g.get('params'), list)
+                for g in groups) and isinstance(optimizer.get('state'), dict)):
+            raise CheckpointError(bad + 'optimizer state is malformed')
+        for i, group in enumerate(groups):
+            for key, value in group.items():
+                values = value if key == 'betas' and isinstance(
+                    value, (list, tuple)) else [value]
+                if any(
+                        type(v) is float and not math.isfinite(v)
+                        for v in values):
+                    raise CheckpointError(
+                        bad + f'optimizer param group {i} has {key}='
+                        f'{value!r}, not a finite number')
+    schedulers = ckpt.get('param_schedulers')
+    if schedulers is not None:
+        lists = schedulers.values() if isinstance(schedulers, dict) \
+            else [schedulers]
+        methods = _scheduler_methods()
+        for states in lists:
+            if not (isinstance(states, list)
+                    and all(isinstance(st, dict) for st in states)):
+                raise CheckpointError(bad + 'param_schedulers are malformed')
+            for st in states:
+                clash = sorted(
+                    k for k in st if not isinstance(k, str) or k in methods)
+                if clash:
+                    raise CheckpointError(bad +
+                                          'param_schedulers would replace the '
+                                          f'scheduler methods {clash}')
+    info = ckpt['message_hub']['runtime_info']
+    for key, value in info.items():
+        if key.startswith('best_score') and not _is_number(value) and \
+                value not in (float('inf'), float('-inf')):
+            raise CheckpointError(bad + f'runtime_info.{key} is not a number')
+        if key.startswith('best_ckpt') and not isinstance(value, str):
+            raise CheckpointError(bad + f'runtime_info.{key} is not a path')
+    ids = info.get('keep_ckpt_ids')
+    if ids is not None and not (isinstance(ids, list)
+                                and all(type(i) is int for i in ids)):
+        raise CheckpointError(bad + 'runtime_info.keep_ckpt_ids is not a '
+                              'list of ints')
 
 
 def check_contents(ckpt: dict, path: str, resume: bool) -> None:
     """What MMEngine will read: model weights, and for ``resume`` the
-    iteration counters and the message hub.
+    iteration counters, the seed, the optimizer and scheduler states and
+    the message hub.
 
     Raises:
         CheckpointError: Naming the file and the missing or malformed part.
     """
-    weights = ckpt.get('state_dict', ckpt)
-    if not _is_tensor_dict(weights):
-        raise CheckpointError(
-            f'checkpoint {path} has no model weights (a "state_dict" of '
-            'tensors)')
+    _check_weights(ckpt.get('state_dict', ckpt), path)
     if not resume:
         return
     meta = ckpt.get('meta')
@@ -410,10 +556,7 @@ def check_contents(ckpt: dict, path: str, resume: bool) -> None:
         raise CheckpointError(
             f'checkpoint {path} cannot be resumed: its message_hub is '
             'missing or malformed')
-    for part in ('optimizer', 'param_schedulers'):
-        if part in ckpt and not isinstance(ckpt[part], (dict, list)):
-            raise CheckpointError(f'checkpoint {path} cannot be resumed: '
-                                  f'its {part} is malformed')
+    _check_resume_parts(ckpt, path)
 
 
 def inspect_checkpoint(path: str,
@@ -473,26 +616,32 @@ def trust_checkpoint(path: str, loaded: Optional[dict] = None) -> None:
         prefixes=re.escape(path) + r'\Z', loader=load_trusted, force=True)
 
 
-def convert_checkpoint(src: str, dst: str) -> List[str]:
-    """Rewrite a trusted checkpoint ``src`` into the plain form at ``dst``.
+def convert_checkpoint(src: str, dst: str, trust: bool = False) -> List[str]:
+    """Rewrite checkpoint ``src`` into the plain form at ``dst``.
 
-    ``src`` is loaded with ``weights_only=False``; the caller must have the
-    user's consent. ``dst`` is written atomically (never half a file) and
-    then loaded back with stock ``torch.load(weights_only=True)``.
+    ``src`` is loaded once: with ``weights_only=False`` if ``trust`` (the
+    user's consent for this file), else with ``weights_only=True`` (a
+    foreign file is then refused). ``dst`` is written atomically (never
+    half a file) and loaded back with stock ``torch.load(weights_only=True)``
+    before it is moved into place.
 
     Returns:
-        list[str]: The globals ``src`` needed that ``dst`` does not.
+        list[str]: The globals ``src``'s pickle names (read without
+        unpickling it), which ``dst`` does not need.
 
     Raises:
-        CheckpointError: ``src`` is unreadable, or ``dst`` is ``src``.
+        CheckpointError: ``src`` is unreadable or refused, or ``dst`` is
+            ``src``.
     """
     check_structure(src)
     if osp.exists(dst) and osp.samefile(src, dst):
         raise CheckpointError(f'convert {src} to another file, not onto '
                               'itself')
-    needed = torch.serialization.get_unsafe_globals_in_checkpoint(src) \
-        if zipfile.is_zipfile(src) else []
-    plain = to_plain(read_checkpoint(src, trust=True))
+    plain = to_plain(read_checkpoint(src, trust=trust))
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(src)
+    except Exception:  # a legacy file: the scan reads zip archives only
+        needed = []
     folder = osp.dirname(osp.abspath(dst))
     fd, tmp = tempfile.mkstemp(suffix='.pth', dir=folder)
     os.close(fd)

@@ -64,14 +64,16 @@ def register_gc_optim_wrapper_constructors() -> List[str]:
 
 
 def register_gc_hooks() -> List[str]:
-    """Register ``PlainCheckpointHook`` (plain-data checkpoints) and
-    ``RowMeanDriftHook`` (the paper's theorem, measured)."""
+    """Register ``PlainCheckpointHook`` (plain-data checkpoints),
+    ``RowMeanDriftHook`` (the paper's theorem, measured) and
+    ``GCStatsHook`` (GC diagnostics in the training log)."""
     from .checkpoint import PlainCheckpointHook
-    from .diagnostics import RowMeanDriftHook
+    from .diagnostics import GCStatsHook, RowMeanDriftHook
     return register_modules(
         HOOKS, {
             'PlainCheckpointHook': PlainCheckpointHook,
-            'RowMeanDriftHook': RowMeanDriftHook
+            'RowMeanDriftHook': RowMeanDriftHook,
+            'GCStatsHook': GCStatsHook
         })
 
 

@@ -177,7 +177,10 @@ def check_checkpoint(path: Optional[str],
     """
     from .checkpoint import (CheckpointError, inspect_checkpoint,
                              trust_checkpoint)
-    if not path or not _is_local(path):
+
+    # A path that exists here is checked even if it contains '://'
+    # (MMEngine's local loader would open it).
+    if not path or not (_is_local(path) or osp.exists(path)):
         return
     if not osp.exists(path):
         raise InputError(f'{what} checkpoint not found: {path}')

@@ -54,6 +54,7 @@ SGD = dict(type='SGD_GC', lr=0.1, momentum=0.9, weight_decay=0.1)
 ANY = dict(
     constructor='GCOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.1))
+ANY_UPDATE = dict(ANY, gc=dict(on='update'))
 
 
 def unscaled_grads(net, i, dtype, scale=SCALE):
@@ -87,7 +88,9 @@ def test_gc_sees_unscaled_gradients(dtype, cfg):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize('cfg', [SGD, ANY], ids=['SGD_GC', 'any-optimizer'])
+@pytest.mark.parametrize(
+    'cfg', [SGD, ANY, ANY_UPDATE],
+    ids=['SGD_GC', 'any-optimizer', 'any-optimizer-on-update'])
 def test_a_step_with_an_inf_gradient_is_skipped(cfg):
     net = model()
     kwargs = dict(optimizer=cfg) if 'type' in cfg else dict(cfg)

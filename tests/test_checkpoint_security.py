@@ -573,3 +573,163 @@ def test_meta_config_code_is_refused_and_dropped(real_checkpoint, tmp_path,
     assert 'config' not in loaded['meta'] and len(warnings) == 1
     assert isinstance(loaded['message_hub']['log_scalars']['train/loss'],
                       HistoryBuffer)
+
+
+# --------------------------------------------------------------------------
+# Plain data the runner acts on (found by attacking the tools, see the
+# closing note of issue 7): each is refused before the runner is built.
+# --------------------------------------------------------------------------
+
+
+def _tensor_cases():
+    conj = torch.randn(2, dtype=torch.cfloat).conj()
+    return {
+        'conjugate bit':
+        conj,
+        'negative bit':
+        conj.imag,
+        '4 TiB over one element':
+        torch.zeros(1).as_strided((2**20, 2**20), (0, 0)),
+    }
+
+
+def _mutate(ckpt, case):
+    """One malformed part per case, in a copy of a real checkpoint."""
+    import copy
+    c = copy.deepcopy(ckpt)
+    info = c['message_hub']['runtime_info']
+    if case == 'seed not an int':
+        c['meta']['seed'] = 'abc'
+    elif case == 'seed out of range':
+        c['meta']['seed'] = 2**64
+    elif case == 'optimizer without param_groups':
+        c['optimizer'] = {}
+    elif case == 'no param groups':
+        c['optimizer']['param_groups'] = []
+    elif case == 'nan lr':
+        c['optimizer']['param_groups'][0]['lr'] = float('nan')
+    elif case == 'scheduler state replacing a method':
+        c['param_schedulers'][0]['step'] = 1
+    elif case == 'schedulers not dicts':
+        c['param_schedulers'] = ['xx', 'yy']
+    elif case == 'best_score not a number':
+        info['best_score'] = 'zzz'
+    elif case == 'best_ckpt not a path':
+        info['best_ckpt'] = 5
+    elif case == 'keep_ckpt_ids not ints':
+        info['keep_ckpt_ids'] = ['a']
+    elif case == 'weights with a non-string key':
+        c['state_dict'][0] = torch.zeros(1)
+    elif case == 'nested 200 levels':
+        x = {}
+        for _ in range(200):
+            x = {'a': x}
+        c['meta']['deep'] = x
+    else:
+        c['meta']['x'] = {TAG: 'ndarray', 'data': _tensor_cases()[case]}
+    return c
+
+
+RUNNER_PARTS = [
+    'seed not an int', 'seed out of range', 'optimizer without param_groups',
+    'no param groups', 'nan lr', 'scheduler state replacing a method',
+    'schedulers not dicts', 'best_score not a number', 'best_ckpt not a path',
+    'keep_ckpt_ids not ints', 'weights with a non-string key',
+    'nested 200 levels', 'conjugate bit', 'negative bit',
+    '4 TiB over one element'
+]
+
+
+@pytest.mark.parametrize('case', RUNNER_PARTS)
+def test_parts_the_runner_acts_on_are_checked(case, real_checkpoint, tmp_path):
+    _, ckpt = real_checkpoint
+    path = str(tmp_path / 'bad.pth')
+    torch.save(_mutate(load(ckpt), case), path)
+    with pytest.raises(CheckpointError) as e:
+        inspect_checkpoint(path, resume=True)
+    assert path in str(e.value) and '\n' not in str(e.value)
+
+
+def test_weights_metadata_is_checked(real_checkpoint, tmp_path):
+    _, ckpt = real_checkpoint
+    weights = OrderedDict(load(ckpt)['state_dict'])
+    weights._metadata = OrderedDict(backbone=dict(version='x'))
+    path = str(tmp_path / 'zoo.pth')
+    torch.save(weights, path)
+    with pytest.raises(CheckpointError, match='version metadata'):
+        inspect_checkpoint(path)
+    weights._metadata = OrderedDict(backbone=dict(version=2))
+    torch.save(weights, path)
+    inspect_checkpoint(path)
+
+
+def test_a_local_path_with_a_scheme_like_part_is_checked(tmp_path, data_root):
+    folder = tmp_path / 'x:'
+    folder.mkdir()
+    (folder / 'bad.pth').write_bytes(b'not a checkpoint')
+    path = str(tmp_path) + '/x://bad.pth'
+    cfg = tiny_config(tmp_path, data_root)
+    proc = run_tool(
+        'tools/test.py',
+        cfg,
+        path,
+        '--work-dir',
+        str(tmp_path / 'w'),
+        ok=False)
+    _one_line_error(proc, path, 'not a PyTorch checkpoint')
+
+
+def test_convert_without_trust_never_unpickles_freely(real_checkpoint,
+                                                      tmp_path, monkeypatch):
+    from mmdet_gc.checkpoint import convert_checkpoint
+    _, ckpt = real_checkpoint
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('weights_only'))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', spy)
+    convert_checkpoint(ckpt, str(tmp_path / 'out.pth'))
+    assert calls and all(w is True for w in calls), calls
+
+
+def test_resume_keeps_checkpoint_removal_inside_the_run(
+        real_checkpoint, tmp_path, data_root):
+    """best_ckpt and keep_ckpt_ids name files that MMEngine's CheckpointHook
+    removes: from a checkpoint they cannot reach outside the run's own
+    files."""
+    _, ckpt = real_checkpoint
+    victim = tmp_path / 'victim'
+    victim.mkdir()
+    (victim / 'keep.txt').write_text('precious')
+    work = tmp_path / 'work'
+    work.mkdir()
+    later = work / 'iter_30.pth'
+    later.write_bytes(b'another run')
+    c = load(ckpt)
+    hub = c['message_hub']
+    hub['runtime_info'].update(
+        best_ckpt=str(victim),
+        best_score=float('-inf'),
+        keep_ckpt_ids=list(range(1, 60)))
+    hub['resumed_keys'].update(
+        best_ckpt=True, best_score=True, keep_ckpt_ids=True)
+    path = str(tmp_path / 'crafted.pth')
+    torch.save(c, path)
+    extra = """
+    train_cfg = dict(val_interval=1)
+    default_hooks = dict(checkpoint=dict(save_best='coco/bbox_mAP',
+                                         max_keep_ckpts=1))
+    model = dict(test_cfg=dict(rcnn=dict(max_per_img=5)))
+    """
+    cfg = tiny_config(
+        tmp_path, data_root, max_iters=2, interval=1, extra=extra)
+    out = run_tool('tools/train.py', cfg, '--resume', path, '--work-dir',
+                   str(work))
+    assert (victim / 'keep.txt').read_text() == 'precious'
+    assert later.read_bytes() == b'another run'
+    log = out.stdout + out.stderr
+    assert 'forgot runtime_info.best_ckpt' in log
+    assert 'keep_ckpt_ids from the checkpoint trimmed' in log

@@ -128,3 +128,52 @@ def test_config_builds_model_and_gc_optimizer(path):
     assert n_params > (1e5 if 'demo' in path else 1e7)
     del model, wrapper
     torch.set_grad_enabled(True)
+
+
+# Beyond the paper: AdamW-trained detectors of mmdet 3.3.
+BEYOND = {
+    'rtmdet_tiny_8xb32-300e-adamw-gcc2_coco.py':
+    'rtmdet/rtmdet_tiny_8xb32-300e_coco.py',
+    'dino-4scale_r50_8xb2-12e-gc-update_coco.py':
+    'dino/dino-4scale_r50_8xb2-12e_coco.py',
+}
+BEYOND_PATHS = sorted(
+    glob.glob(osp.join(ROOT, 'configs', 'rtmdet', '*.py')) +
+    glob.glob(osp.join(ROOT, 'configs', 'dino', '*.py')))
+
+
+def test_the_adamw_configs_are_all_here():
+    assert {osp.basename(p) for p in BEYOND_PATHS} == set(BEYOND)
+
+
+@pytest.mark.parametrize('path', BEYOND_PATHS, ids=osp.basename)
+def test_adamw_config_equals_mmdet_but_for_gc_and_builds(path):
+    from mmdet.registry import HOOKS, MODELS
+    cfg = Config.fromfile(path)
+    base = Config.fromfile(mmdet_config_path(BEYOND[osp.basename(path)]))
+    assert _comparable(cfg) == _comparable(base)
+    ours, theirs = (
+        _without_scope(c.optim_wrapper.to_dict()) for c in (cfg, base))
+    assert theirs['optimizer']['type'] == 'AdamW'
+    if 'gcc2' in path:
+        assert ours['optimizer'].pop('type') == 'AdamW_GCC2'
+        theirs['optimizer'].pop('type')
+    else:
+        assert ours.pop('constructor') == 'GCOptimWrapperConstructor'
+        assert ours.pop('gc') == dict(on='update')
+    assert ours == theirs  # lr, decay, clipping, paramwise_cfg kept
+    cfg.model.backbone.init_cfg = None
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
+        assert type(hooks[-1]).__name__ == 'PlainCheckpointHook'
+        model = MODELS.build(cfg.model)
+        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    opt = wrapper.optimizer
+    if 'gcc2' in path:
+        assert type(opt).__name__ == 'AdamW_GCC2'
+    else:  # torch's AdamW with the update hooks
+        assert type(opt) is torch.optim.AdamW
+        assert len(opt._optimizer_step_post_hooks) == 1
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    del model, wrapper
+    torch.set_grad_enabled(True)

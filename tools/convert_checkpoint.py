@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from mmdet_gc.checkpoint import (CheckpointError, ForeignCheckpointError,
-                                 convert_checkpoint, read_checkpoint)
+                                 convert_checkpoint)
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,16 +36,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     tool = 'tools/convert_checkpoint.py'
+    if args.trust:
+        print(
+            f'warning: --trust: loading {args.src} with weights_only=False; '
+            'a file loaded this way can run any code',
+            file=sys.stderr)
     try:
-        if not args.trust:
-            # Refuses a foreign file, naming --trust as the way out.
-            read_checkpoint(args.src)
-        else:
-            print(
-                f'warning: --trust: loading {args.src} with '
-                'weights_only=False; a file loaded this way can run any code',
-                file=sys.stderr)
-        needed = convert_checkpoint(args.src, args.dst)
+        # Loaded once: with weights_only=True unless --trust.
+        needed = convert_checkpoint(args.src, args.dst, trust=args.trust)
     except ForeignCheckpointError as e:
         sys.exit(f'{tool}: error: {args.src} holds objects that '
                  'torch.load(weights_only=True) refuses '
@@ -56,8 +54,9 @@ def main() -> None:
         sys.exit(f'{tool}: error: {e}')
     except OSError as e:
         sys.exit(f'{tool}: error: cannot write {args.dst}: {e.strerror}')
-    removed = ', '.join(needed) or 'none: it was plain already'
-    print(f'wrote {args.dst}; globals it no longer needs: {removed}')
+    named = ', '.join(needed) or 'none: it was plain already'
+    print(f'wrote {args.dst}; globals named in {args.src}, not needed any '
+          f'more: {named}')
 
 
 if __name__ == '__main__':

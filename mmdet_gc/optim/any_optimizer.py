@@ -20,18 +20,47 @@ clip, then GC), AMP unscaling and the inf check (``AmpOptimWrapper`` calls
 the step through ``GradScaler.step``), and gradient accumulation (the step
 is only taken at the accumulation boundary).
 
-This is GC on the gradient. The "2" variants (GC on the final update, which
-keeps each weight's mean unchanged) need the optimizer's internals: use
-``Adam_GC2`` / ``AdamW_GC2`` and friends for those.
-"""
-from typing import Any, Dict, Optional
+``gc=dict(on='update')`` centralizes the *update* instead, for whatever
+optimizer is built (the authors' advice for adaptive methods, their "2"
+variants, for AdamW, RAdam, NAdam, Adamax, SGD or your own). It needs no
+copy of the weights: row means are linear, so with ``d = p_new - p_old``::
 
+    p_old - GC(d) = p_new - mean_rows(p_new - p_old)
+                  = p_new - (mean_rows(p_new) - mean_rows(p_old))
+
+A step pre-hook records each centralized weight's row means (one number
+per output row), a post-hook subtracts their change: O(rows) memory, two
+reductions and one subtraction per tensor. A step that AMP skips runs
+neither hook, so nothing changes.
+"""
+from typing import Any, Dict, List, Optional
+
+import torch
 import torch.nn as nn
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from torch import Tensor
 from torch.optim import Optimizer
 
-from ..functional import foreach_centralize, is_centralized
+from ..functional import _row_mean, foreach_centralize, is_centralized
 from .base import GCOptimizer, warn_if_flattened
+
+#: Where GC applies: the gradient, or the optimizer's whole update.
+GC_MODES = ('grad', 'update')
+
+
+def _centralized_params(optimizer: Optimizer) -> List[Tensor]:
+    """The parameters GC applies to this step: a dense gradient, a group
+    with ``gc`` on, and the shape rule of its ``gc_conv_only``."""
+    out = []
+    for group in optimizer.param_groups:
+        if not group.get('gc', True):
+            continue
+        conv_only = bool(group.get('gc_conv_only', False))
+        out += [
+            p for p in group['params'] if p.grad is not None
+            and not p.grad.is_sparse and is_centralized(p, conv_only)
+        ]
+    return out
 
 
 def centralize_grads_(optimizer: Optimizer) -> None:
@@ -44,29 +73,60 @@ def centralize_grads_(optimizer: Optimizer) -> None:
     Args:
         optimizer (Optimizer): Any torch optimizer.
     """
-    for group in optimizer.param_groups:
-        if not group.get('gc', True):
-            continue
-        conv_only = bool(group.get('gc_conv_only', False))
-        grads = [
-            p.grad for p in group['params'] if p.grad is not None
-            and not p.grad.is_sparse and is_centralized(p, conv_only)
-        ]
-        foreach_centralize(grads, inplace=True)
+    foreach_centralize([p.grad for p in _centralized_params(optimizer)],
+                       inplace=True)
 
 
-def attach_gc(optimizer: Optimizer, conv_only: bool = False) -> Any:
-    """Make ``optimizer`` centralize its gradients before every step.
+class _UpdateGC:
+    """GC on the update of any optimizer, by two step hooks (see the module
+    docstring): the row means before the step, their change removed
+    after."""
+
+    def __init__(self) -> None:
+        self.before: Dict[Tensor, Tensor] = {}
+
+    @torch.no_grad()
+    def record(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.before = {p: _row_mean(p) for p in _centralized_params(optimizer)}
+
+    @torch.no_grad()
+    def restore(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for p, mean in self.before.items():
+            p.sub_(_row_mean(p).sub_(mean))
+        self.before = {}
+
+
+class _Handles:
+    """Removes several hooks at once."""
+
+    def __init__(self, *handles: Any) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def attach_gc(optimizer: Optimizer,
+              conv_only: bool = False,
+              on: str = 'grad') -> Any:
+    """Add GC to ``optimizer``: on its gradients before every step, or on
+    its whole update.
 
     Args:
         optimizer (Optimizer): Any torch optimizer that is not a GC
             optimizer already.
         conv_only (bool): Default of the ``gc_conv_only`` key for groups
             that do not set it. Defaults to False.
+        on (str): ``'grad'`` (centralize ``p.grad`` in place before the
+            step) or ``'update'`` (centralize the step's change of each
+            weight, keeping its row means). Defaults to ``'grad'``.
 
     Returns:
-        The hook handle (``.remove()`` detaches GC).
+        A handle whose ``.remove()`` detaches GC.
     """
+    if on not in GC_MODES:
+        raise ValueError(f"GC on {on!r}: choose 'grad' or 'update'")
     if isinstance(optimizer, GCOptimizer):
         raise TypeError(
             f'{type(optimizer).__name__} applies GC itself; adding GC on '
@@ -76,16 +136,22 @@ def attach_gc(optimizer: Optimizer, conv_only: bool = False) -> Any:
         group.setdefault('gc', True)
         group.setdefault('gc_conv_only', conv_only)
         warn_if_flattened(group['params'], type(optimizer).__name__)
-    return optimizer.register_step_pre_hook(
-        lambda opt, args, kwargs: centralize_grads_(opt))
+    if on == 'grad':
+        return optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: centralize_grads_(opt))
+    gc = _UpdateGC()
+    return _Handles(
+        optimizer.register_step_pre_hook(gc.record),
+        optimizer.register_step_post_hook(gc.restore))
 
 
 class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """MMEngine's default constructor plus GC on any optimizer.
 
-    Takes one extra key in ``optim_wrapper``: ``gc=dict(conv_only=False)``.
-    Per-layer control comes through ``paramwise_cfg``, e.g.
-    ``custom_keys={'rpn_head': dict(gc=False)}``.
+    Takes one extra key in ``optim_wrapper``: ``gc=dict(conv_only=False,
+    on='grad')`` (``on='update'``: GC on the optimizer's update, see
+    :func:`attach_gc`). Per-layer control comes through ``paramwise_cfg``,
+    e.g. ``custom_keys={'rpn_head': dict(gc=False)}``.
 
     Args:
         optim_wrapper_cfg (dict): The ``optim_wrapper`` config.
@@ -97,14 +163,19 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                  paramwise_cfg: Optional[Dict] = None) -> None:
         optim_wrapper_cfg = optim_wrapper_cfg.copy()
         gc_cfg = dict(optim_wrapper_cfg.pop('gc', None) or {})
-        unknown = set(gc_cfg) - {'conv_only'}
+        unknown = set(gc_cfg) - {'conv_only', 'on'}
         if unknown:
             raise ValueError(f'unknown key(s) {sorted(unknown)} in '
-                             "optim_wrapper.gc; the only one is 'conv_only'")
+                             "optim_wrapper.gc; the keys are 'conv_only' "
+                             "and 'on'")
         self.gc_conv_only = bool(gc_cfg.get('conv_only', False))
+        self.gc_on = gc_cfg.get('on', 'grad')
+        if self.gc_on not in GC_MODES:
+            raise ValueError(f'optim_wrapper.gc.on={self.gc_on!r}: choose '
+                             "'grad' or 'update'")
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
-        attach_gc(optim_wrapper.optimizer, self.gc_conv_only)
+        attach_gc(optim_wrapper.optimizer, self.gc_conv_only, self.gc_on)
         return optim_wrapper
