@@ -433,18 +433,10 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
                               f'{_first_line(e)}') from None
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor)
-        for k, v in obj.items())
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
-
-
 def _check_weights(weights: Any, path: str) -> None:
-    if not _is_tensor_dict(weights):
+    if not (isinstance(weights, dict) and weights and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor)
+            for k, v in weights.items())):
         raise CheckpointError(
             f'checkpoint {path} has no model weights (a "state_dict" of '
             'tensors by name)')
@@ -516,8 +508,9 @@ def _check_resume_parts(ckpt: dict, path: str) -> None:
                                           f'scheduler methods {clash}')
     info = ckpt['message_hub']['runtime_info']
     for key, value in info.items():
-        if key.startswith('best_score') and not _is_number(value) and \
-                value not in (float('inf'), float('-inf')):
+        # A number; +-inf is CheckpointHook's own start value, nan is not.
+        if key.startswith('best_score') and (type(value) not in (int, float)
+                                             or math.isnan(value)):
             raise CheckpointError(bad + f'runtime_info.{key} is not a number')
         if key.startswith('best_ckpt') and not isinstance(value, str):
             raise CheckpointError(bad + f'runtime_info.{key} is not a path')

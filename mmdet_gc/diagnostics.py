@@ -31,11 +31,16 @@ INIT_FILE = 'row_means_init.pth'
 DRIFT_FILE = 'row_mean_drift.json'
 
 
+def row_mean64(t: torch.Tensor) -> torch.Tensor:
+    """The mean of each output row (over every dim but 0), in float64."""
+    return t.detach().double().mean(dim=tuple(range(1, t.dim())))
+
+
 def row_means(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Row means (over every dim but 0), in float64, of each weight with
-    ``ndim > 1`` (conv and fc), by parameter name."""
+    """:func:`row_mean64` of each weight with ``ndim > 1`` (conv and fc),
+    by parameter name."""
     return {
-        name: p.detach().double().mean(dim=tuple(range(1, p.dim())))
+        name: row_mean64(p)
         for name, p in model.named_parameters() if p.dim() > 1
     }
 
@@ -104,10 +109,9 @@ class IntensityShift(BaseTransform):
 def removed_energy(grad: torch.Tensor) -> Tuple[float, float]:
     """``(||row means||^2 * cols, ||g||^2)`` of a gradient: the energy GC
     removes (``||g - GC(g)||^2``) and the whole, in float64."""
-    g = grad.detach().double()
-    cols = g[0].numel()
-    means = g.mean(dim=tuple(range(1, g.dim())))
-    return float(means.square().sum() * cols), float(g.square().sum())
+    cols = grad[0].numel()
+    return (float(row_mean64(grad).square().sum() * cols),
+            float(grad.detach().double().square().sum()))
 
 
 class GCStatsHook(Hook):
@@ -164,10 +168,7 @@ class GCStatsHook(Hook):
 
     def before_train(self, runner) -> None:
         self._runner = runner
-        self.start = {
-            n: p.detach().double().mean(dim=tuple(range(1, p.dim())))
-            for n, p in self._weights(runner)
-        }
+        self.start = {n: row_mean64(p) for n, p in self._weights(runner)}
         optimizer = runner.optim_wrapper.optimizer
         self._handle = optimizer.register_step_pre_hook(self._on_step)
         # First among the step pre-hooks, so that it reads the gradients
@@ -205,9 +206,8 @@ class GCStatsHook(Hook):
                 removed[group] += r
                 total[group] += t
             if name in self.start:
-                now = p.detach().double().mean(dim=tuple(range(1, p.dim())))
-                drift[group] = max(drift[group],
-                                   float((now - self.start[name]).abs().max()))
+                moved = (row_mean64(p) - self.start[name]).abs().max()
+                drift[group] = max(drift[group], float(moved))
         out = {
             f'train/gc_removed/{g}': removed[g] / total[g]
             for g in total if total[g] > 0

@@ -229,16 +229,15 @@ def paired_stats(base: Sequence[float],
         raise ValueError('paired samples need one value per seed each')
     diff = [o - b for b, o in zip(base, other)]
     n = len(diff)
-    mean = sum(diff) / n if n else math.nan
+    mean, std = mean_std(diff)
     if n < 2:
         return dict(
             n=n,
             mean=mean,
-            std=math.nan,
+            std=std,
             ci_low=math.nan,
             ci_high=math.nan,
             p=math.nan)
-    std = math.sqrt(sum((d - mean)**2 for d in diff) / (n - 1))
     half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
     p = float(stats.ttest_rel(other, base).pvalue) if std > 0 else math.nan
     return dict(

@@ -80,10 +80,7 @@ def build_cfg(args: argparse.Namespace) -> Config:
             raise InputError('--tta needs tta_model and tta_pipeline in the '
                              'config')
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-        test_data_cfg = cfg.test_dataloader.dataset
-        while 'dataset' in test_data_cfg:
-            test_data_cfg = test_data_cfg['dataset']
-        test_data_cfg.pipeline = cfg.tta_pipeline
+        _test_dataset(cfg).pipeline = cfg.tta_pipeline
 
     if args.intensity_shift:
         add_intensity_shift(cfg, args.intensity_shift)
@@ -91,13 +88,18 @@ def build_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def add_intensity_shift(cfg: Config, offset: float) -> None:
-    """Insert ``IntensityShift(offset)`` after the image is loaded in the
-    test pipeline."""
+def _test_dataset(cfg: Config) -> ConfigDict:
+    """The test dataset inside mmdet's dataset wrappers."""
     dataset = cfg.test_dataloader.dataset
     while 'dataset' in dataset:
         dataset = dataset['dataset']
-    pipeline = dataset.pipeline
+    return dataset
+
+
+def add_intensity_shift(cfg: Config, offset: float) -> None:
+    """Insert ``IntensityShift(offset)`` after the image is loaded in the
+    test pipeline."""
+    pipeline = _test_dataset(cfg).pipeline
     loads = [
         i for i, t in enumerate(pipeline) if 'LoadImage' in str(t['type'])
     ]

@@ -48,6 +48,12 @@ from .base import GCOptimizer, warn_if_flattened
 GC_MODES = ('grad', 'update')
 
 
+def check_gc_mode(on: Any) -> None:
+    """Raise ``ValueError`` unless ``on`` is one of :data:`GC_MODES`."""
+    if on not in GC_MODES:
+        raise ValueError(f"GC on {on!r}: choose 'grad' or 'update'")
+
+
 def _centralized_params(optimizer: Optimizer) -> List[Tensor]:
     """The parameters GC applies to this step: a dense gradient, a group
     with ``gc`` on, and the shape rule of its ``gc_conv_only``."""
@@ -125,8 +131,7 @@ def attach_gc(optimizer: Optimizer,
     Returns:
         A handle whose ``.remove()`` detaches GC.
     """
-    if on not in GC_MODES:
-        raise ValueError(f"GC on {on!r}: choose 'grad' or 'update'")
+    check_gc_mode(on)
     if isinstance(optimizer, GCOptimizer):
         raise TypeError(
             f'{type(optimizer).__name__} applies GC itself; adding GC on '
@@ -170,9 +175,7 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                              "and 'on'")
         self.gc_conv_only = bool(gc_cfg.get('conv_only', False))
         self.gc_on = gc_cfg.get('on', 'grad')
-        if self.gc_on not in GC_MODES:
-            raise ValueError(f'optim_wrapper.gc.on={self.gc_on!r}: choose '
-                             "'grad' or 'update'")
+        check_gc_mode(self.gc_on)  # before any model is built
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
