@@ -137,7 +137,7 @@ def test_attack_is_refused_in_process(name, tmp_path):
 
 
 def _one_line_error(proc, path, *words):
-    assert proc.returncode != 0
+    assert proc.returncode == 1  # the README's promise: exit status 1
     err = proc.stderr.strip()
     assert 'Traceback' not in proc.stderr, err[-2000:]
     assert len(err.splitlines()) == 1, err[-2000:]
