@@ -6,8 +6,12 @@ The parameter set is every trainable tensor of MMDetection's own Mask R-CNN
 R50-FPN 1x config (``init_cfg=None``: nothing is downloaded), with fixed
 random gradients. Every optimizer steps its own copy of the parameters; the
 rows are timed round-robin in one run so that machine noise hits them
-alike, and the median step time of each is printed with its ratio to the
-best torch.optim row of the same family.
+alike, and the median step time of each is printed with its ratios to the
+best torch.optim for-loop / foreach row of the same family and to torch's
+foreach row (the kernel GPU users run), with the targets checked: GC
+foreach rows within 1.10x of torch's foreach, GC on the update within 1.05x
+of the bare optimizer, the fused SGD GC kernel within 0.6x of the best
+torch step (and its ratio to torch's own fused SGD, which has no GC).
 
 Usage::
 
@@ -23,9 +27,16 @@ from torch import Tensor
 
 import mmdet_gc
 from mmdet_gc.functional import is_centralized
+from mmdet_gc.fused import extension_name, fused_unavailable_reason
 from mmdet_gc.runner_utils import mmdet_config_path
 
 SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+#: Every GC foreach row against torch's foreach row of its family.
+FOREACH_TARGET = 1.10
+#: GC on the update (any optimizer) against the optimizer bare.
+UPDATE_TARGET = 1.05
+#: The compiled SGD GC kernel against the best for-loop / foreach SGD.
+FUSED_TARGET = 0.60
 
 
 def mask_rcnn_params() -> List[Tensor]:
@@ -79,6 +90,13 @@ def sgd_rows() -> Dict[str, Callable]:
         lambda ps: mmdet_gc.SGD_GC(ps, foreach=True, **SGD_HYPER),
         'SGD_GCC (single-tensor)':
         lambda ps: mmdet_gc.SGD_GCC(ps, foreach=False, **SGD_HYPER),
+        # torch's own fused CPU SGD (no GC) and our compiled GC kernel.
+        'torch.optim.SGD (fused)':
+        lambda ps: torch.optim.SGD(ps, fused=True, **SGD_HYPER),
+        'SGD_GC (fused)':
+        lambda ps: mmdet_gc.SGD_GC(ps, fused=True, **SGD_HYPER),
+        'SGD_GCC (fused)':
+        lambda ps: mmdet_gc.SGD_GCC(ps, fused=True, **SGD_HYPER),
         'naive per-tensor SGD_GC loop':
         lambda ps: NaiveSGD_GC(ps, **SGD_HYPER),
     }
@@ -144,15 +162,46 @@ def bench(family: str, base: List[Tensor], grads: List[Tensor], steps: int,
             if it >= warmup:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    best_name = min((n for n in med if n.startswith('torch.optim')),
+    # The best of torch's for-loop and foreach steps; its fused step (no
+    # GC) is a row of its own.
+    best_name = min((n for n in med
+                     if n.startswith('torch.optim') and 'fused' not in n),
                     key=med.get)
+    torch_foreach = f'torch.optim.{family} (foreach)'
     print(f'\n{family} family: median of {steps} steps '
-          f'(after {warmup} warm-up), ratio to {best_name}')
-    print(f'| {"optimizer":<34} | {"ms / step":>9} | {"ratio":>6} |')
-    print(f'|{"-" * 36}|{"-" * 11}|{"-" * 8}|')
+          f'(after {warmup} warm-up); ratios to {best_name} and to '
+          f'{torch_foreach}')
+    print(f'| {"optimizer":<34} | {"ms / step":>9} | {"vs best":>7} | '
+          f'{"vs foreach":>10} |')
+    print(f'|{"-" * 36}|{"-" * 11}|{"-" * 9}|{"-" * 12}|')
     for name in rows:
         print(f'| {name:<34} | {med[name] * 1e3:9.1f} | '
-              f'{med[name] / med[best_name]:5.2f}x |')
+              f'{med[name] / med[best_name]:6.2f}x | '
+              f'{med[name] / med[torch_foreach]:9.2f}x |')
+    # The targets: every GC foreach row within FOREACH_TARGET of torch's
+    # foreach row; GC on the update of torch's optimizer within
+    # UPDATE_TARGET of the same optimizer and kernel bare.
+    for name in rows:
+        if name.startswith('torch'):
+            continue
+        if '(' not in name:
+            continue
+        kernel = name[name.rindex('('):]
+        if 'on update' in name:
+            bare, limit = f'torch.optim.{family} {kernel}', UPDATE_TARGET
+        elif kernel == '(fused)':
+            bare, limit = best_name, FUSED_TARGET
+            torch_fused = f'torch.optim.{family} (fused)'
+            print(f'  {name}: {med[name] / med[torch_fused]:.2f}x '
+                  f'{torch_fused} (no GC)')
+        elif kernel == '(foreach)':
+            bare, limit = torch_foreach, FOREACH_TARGET
+        else:
+            continue
+        ratio = med[name] / med[bare]
+        verdict = 'within' if ratio <= limit else 'OVER'
+        print(f'  {name}: {ratio:.2f}x {bare}, {verdict} the {limit:.2f}x '
+              'target')
 
 
 def main() -> None:
@@ -177,6 +226,12 @@ def main() -> None:
     print(f'Mask R-CNN R50-FPN: {n / 1e6:.1f}M trainable parameters in '
           f'{len(base)} tensors; torch {torch.__version__}, '
           f'{torch.get_num_threads()} threads')
+    if 'SGD' in args.rows:
+        # Built (or loaded from its cache) here, not in a timed step.
+        reason = fused_unavailable_reason()
+        print('fused SGD GC kernel: ' +
+              (f'compiled ({extension_name()})' if reason is None else
+               f'NOT available ({reason}): its rows time the fallback'))
     for family in args.rows:
         bench(family, base, grads, args.steps, args.warmup)
 

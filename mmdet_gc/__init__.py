@@ -10,6 +10,9 @@ config) registers the GC optimizers, ``GCOptimWrapperConstructor`` and
 changes nothing in torch's serialization: checkpoints of our runs are plain
 data that stock ``torch.load(weights_only=True)`` accepts (see
 :mod:`mmdet_gc.checkpoint`).
+
+The package carries its configs (:func:`config_path`; ``mmdet_gc::NAME``
+in a ``_base_``) and the ``mmdet-gc`` command (:mod:`mmdet_gc.cli`).
 """
 from .checkpoint import PlainCheckpointHook
 from .functional import centralize, foreach_centralize, is_centralized
@@ -17,9 +20,10 @@ from .optim import *  # noqa: F401,F403
 from .optim import GC_OPTIMIZERS, GCOptimizer
 from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
-from .registry import (register_gc_hooks,
+from .registry import (register_config_package, register_gc_hooks,
                        register_gc_optim_wrapper_constructors,
                        register_gc_optimizers, register_gc_transforms)
+from .runner_utils import config_path
 
 __version__ = '0.1.0'
 
@@ -27,9 +31,11 @@ register_gc_optimizers()
 register_gc_optim_wrapper_constructors()
 register_gc_hooks()
 register_gc_transforms()
+register_config_package()
 
 __all__ = [
     'centralize', 'foreach_centralize', 'is_centralized', 'GC_OPTIMIZERS',
     'GCOptimizer', 'GCOptimWrapperConstructor', 'attach_gc',
-    'centralize_grads_', 'PlainCheckpointHook', '__version__', *GC_OPTIMIZERS
+    'centralize_grads_', 'PlainCheckpointHook', 'config_path', '__version__',
+    *GC_OPTIMIZERS
 ]

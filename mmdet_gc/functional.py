@@ -134,7 +134,8 @@ def sgd_gc(params: List[Tensor],
            lr: float,
            dampening: float,
            nesterov: bool,
-           maximize: bool) -> None:
+           maximize: bool,
+           fused: Optional[bool] = None) -> None:
     """SGD with GC, the update of ``SGD_GC`` / ``SGD_GCC``.
 
     For each parameter ``p`` with gradient ``g`` (in this order)::
@@ -164,9 +165,12 @@ def sgd_gc(params: List[Tensor],
         dampening (float): Dampening of the momentum.
         nesterov (bool): Nesterov momentum.
         maximize (bool): Maximize the objective instead.
+        fused (bool, optional): Use the compiled CPU kernel of
+            :func:`mmdet_gc.fused.fused_sgd_gc` (built on first use; where
+            it cannot be built, one line is logged and the single-tensor
+            kernel runs). ``None`` means False: the fused kernel is opt-in.
+            Defaults to None.
     """
-    if foreach is None:
-        foreach = default_foreach(params)
     hyper = dict(
         weight_decay=weight_decay,
         momentum=momentum,
@@ -174,6 +178,16 @@ def sgd_gc(params: List[Tensor],
         dampening=dampening,
         nesterov=nesterov,
         maximize=maximize)
+    if fused:
+        if foreach:
+            raise ValueError('`fused` and `foreach` cannot be `True` '
+                             'together')
+        from .fused import fused_sgd_gc
+        fused_sgd_gc(params, grads, momentum_buffer_list, centralized,
+                     **hyper)
+        return
+    if foreach is None:
+        foreach = default_foreach(params)
     (gc_idx, gc_lists), (plain_idx,
                          plain_lists) = _partition(centralized, params, grads,
                                                    momentum_buffer_list)
@@ -425,10 +439,13 @@ def adam_gc(params: List[Tensor],
             **hyper)
     if not gc_idx:
         return
+    if foreach:
+        _multi_tensor_adam_gc(
+            *gc_lists, gc_on_update=gc_on_update, decoupled=decoupled,
+            **hyper)
+        return
     if gc_on_update:
-        kernel = _multi_tensor_adam_gc2 if foreach else \
-            _single_tensor_adam_gc2
-        kernel(*gc_lists, decoupled=decoupled, **hyper)
+        _single_tensor_adam_gc2(*gc_lists, decoupled=decoupled, **hyper)
         return
     # GC on the gradient: fold what precedes GC, then torch's Adam(W).
     folded = 0. if decoupled else weight_decay
@@ -518,23 +535,50 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         param.sub_(delta.sub_(_row_mean(delta)))
 
 
-def _multi_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
-                           exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                           max_exp_avg_sqs: List[Tensor],
-                           state_steps: List[Tensor], *, decoupled: bool,
-                           amsgrad: bool, beta1: float, beta2: float,
-                           lr: float, weight_decay: float, eps: float,
-                           maximize: bool) -> None:
-    """Foreach kernel: same arithmetic as :func:`_single_tensor_adam_gc2`."""
+def _multi_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
+                          exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                          max_exp_avg_sqs: List[Tensor],
+                          state_steps: List[Tensor], *, gc_on_update: bool,
+                          decoupled: bool, amsgrad: bool, beta1: float,
+                          beta2: float, lr: float, weight_decay: float,
+                          eps: float, maximize: bool) -> None:
+    """Foreach kernel of both modes (every tensor given here is centralized).
+
+    GC on the gradient: torch's foreach Adam(W) on ``GC((-)g + wd * p)``;
+    GC on the update: :func:`_single_tensor_adam_gc2`. Both to rounding,
+    with rewrites that pay for GC's extra passes over memory:
+
+    - the second moment's bias correction moves into the step size,
+      ``lr / bc1 * m / (sqrt(v) / s + eps) == (lr * s / bc1) * m /
+      (sqrt(v) + eps * s)`` with ``s = sqrt(bc2)``: one pass fewer than
+      torch's sqrt, divide, add;
+    - on the update, the decoupled decay term is centralized apart (it is
+      linear): ``p - GC(lr * wd * p) == lerp(p, mean_rows(p), lr * wd)``,
+      one pass that also applies the decay; only the Adam term is made as a
+      tensor, centralized and added.
+    """
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps])
     for (dev_params, dev_grads, dev_avgs, dev_sqs, dev_max_sqs,
          dev_steps), _ in grouped.values():
-        d, _ = _foreach_decayed(dev_params, dev_grads,
-                                0. if decoupled else weight_decay, maximize)
-        d, dev_avgs, dev_sqs, dev_max_sqs = ([_real(t) for t in lst]
-                                             for lst in (d, dev_avgs, dev_sqs,
-                                                         dev_max_sqs))
+        l2 = 0. if decoupled else weight_decay
+        if gc_on_update:
+            d, _ = _foreach_decayed(dev_params, dev_grads, l2, maximize)
+        else:
+            d = centralized_grads(
+                dev_params, dev_grads, l2, maximize, foreach=True)
+        if decoupled and weight_decay != 0:
+            if gc_on_update:
+                torch._foreach_lerp_(
+                    dev_params,
+                    [_row_mean(p).to(p.dtype) for p in dev_params],
+                    lr * weight_decay)
+            else:
+                torch._foreach_mul_(dev_params, 1 - lr * weight_decay)
+        # Complex tensors: moments and step on the real views, as torch.
+        d, real_params, dev_avgs, dev_sqs, dev_max_sqs = (
+            [_real(t) for t in lst]
+            for lst in (d, dev_params, dev_avgs, dev_sqs, dev_max_sqs))
         torch._foreach_add_(dev_steps, 1)
         corrections = [
             _bias_corrections(s.item(), beta1, beta2) for s in dev_steps
@@ -543,24 +587,43 @@ def _multi_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         torch._foreach_lerp_(dev_avgs, d, 1 - beta1)
         torch._foreach_mul_(dev_sqs, beta2)
         torch._foreach_addcmul_(dev_sqs, d, d, value=1 - beta2)
+        del d
         if amsgrad:
             torch._foreach_maximum_(dev_max_sqs, dev_sqs)
             second = dev_max_sqs
         else:
             second = dev_sqs
         denom = torch._foreach_sqrt(second)
-        torch._foreach_div_(denom, [c[1] for c in corrections])
-        torch._foreach_add_(denom, eps)
-        delta = torch._foreach_div(dev_avgs, denom)
-        torch._foreach_mul_(delta, [lr / c[0] for c in corrections])
-        delta = [
-            torch.view_as_complex(t) if p.is_complex() else t
-            for t, p in zip(delta, dev_params)
+        torch._foreach_add_(denom, [eps * c[1] for c in corrections])
+        step_sizes = [-lr * c[1] / c[0] for c in corrections]
+        if not gc_on_update:
+            torch._foreach_addcdiv_(real_params, dev_avgs, denom, step_sizes)
+            continue
+        # ``exp_avg / denom`` into denom's memory: on the CPU a second
+        # fresh tensor per step costs more in page faults than two passes.
+        torch._foreach_reciprocal_(denom)
+        torch._foreach_mul_(denom, dev_avgs)
+        update = [
+            torch.view_as_complex(u) if p.is_complex() else u
+            for u, p in zip(denom, dev_params)
         ]
-        if decoupled and weight_decay != 0:
-            torch._foreach_add_(delta, dev_params, alpha=lr * weight_decay)
-        torch._foreach_sub_(dev_params,
-                            foreach_centralize(delta, inplace=True))
+        _foreach_add_scaled_(dev_params,
+                             foreach_centralize(update, inplace=True),
+                             step_sizes)
+
+
+def _foreach_add_scaled_(tensors: List[Tensor], others: List[Tensor],
+                         scales: List[float]) -> None:
+    """``tensors[i] += scales[i] * others[i]``: one foreach call per
+    distinct scale (one in the usual case, where every tensor has stepped
+    as often)."""
+    by_scale: dict = {}
+    for i, scale in enumerate(scales):
+        by_scale.setdefault(scale, []).append(i)
+    for scale, idx in by_scale.items():
+        torch._foreach_add_([tensors[i] for i in idx],
+                            [others[i] for i in idx],
+                            alpha=scale)
 
 
 def adagrad_gc(params: List[Tensor],

@@ -81,3 +81,22 @@ def register_gc_transforms() -> List[str]:
     """Register ``IntensityShift`` (evaluation under brightness offsets)."""
     from .diagnostics import IntensityShift
     return register_modules(TRANSFORMS, {'IntensityShift': IntensityShift})
+
+
+def register_config_package() -> None:
+    """Let configs inherit ours as ``_base_ = 'mmdet_gc::NAME'``.
+
+    MMEngine follows ``package::NAME`` only for the packages in its
+    ``MODULE2PACKAGE`` table, to ``<package>/.mim/configs/NAME``, where the
+    wheel carries our configs. The base is read when the config is parsed,
+    before its ``custom_imports``: the process must have imported
+    ``mmdet_gc`` already (``mmdet-gc train`` and ``tools/*.py`` have).
+    """
+    from mmengine.config import utils
+
+    # MMEngine looks the package up as a distribution first, whose location
+    # is wrong for an editable install, then by module spec. A module of
+    # ours names no distribution and its spec lies in the package directory,
+    # so ``mmdet_gc::`` resolves to the imported copy however it was
+    # installed (as :func:`mmdet_gc.config_path` does).
+    utils.MODULE2PACKAGE.setdefault('mmdet_gc', __name__)

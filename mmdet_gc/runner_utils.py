@@ -31,8 +31,9 @@ def apply_gc(cfg: Config, name: str) -> None:
 
     Every other optimizer argument (lr, momentum, weight decay, ...) and the
     rest of ``optim_wrapper`` (clipping, ``paramwise_cfg``) stay as they
-    are, so a run differs from its baseline in GC only; ``fused=True``
-    becomes ``foreach=True`` (said on stderr).
+    are, so a run differs from its baseline in GC only. ``fused=True``
+    stays for the SGD family (:mod:`mmdet_gc.fused`) and becomes
+    ``foreach=True`` for the others (said on stderr).
 
     Args:
         cfg (Config): A training config with ``optim_wrapper.optimizer``.
@@ -59,14 +60,15 @@ def apply_gc(cfg: Config, name: str) -> None:
             f'{current}; pick the GC optimizer of the same algorithm so '
             'that its arguments carry over')
     optimizer['type'] = name
-    if optimizer.get('fused'):
+    if optimizer.get('fused') and 'fused' in GC_OPTIMIZERS[name].torch_modes:
         # GC needs each row's mean, which torch's fused kernels do not
-        # compute; the multi-tensor kernel is the nearest path.
+        # compute; the multi-tensor kernel is the nearest path (the SGD
+        # family has a fused kernel of its own and keeps fused=True).
         optimizer.pop('fused')
         optimizer['foreach'] = True
         print(
-            f'--gc {name}: the config asks for fused=True, which the GC '
-            'optimizers do not have; using foreach=True instead',
+            f'--gc {name}: the config asks for fused=True, which {name} '
+            'does not have; using foreach=True instead',
             file=sys.stderr)
 
 
@@ -232,15 +234,44 @@ def use_cpu_distributed(cfg: Config) -> None:
         dist.init_process_group(backend='gloo')
 
 
+def _mim_config(root: str, owner: str, name: str) -> str:
+    """``root/.mim/configs/name``, where OpenMMLab packages keep the configs
+    that ``package::name`` in a ``_base_`` resolves to."""
+    configs = osp.join(root, '.mim', 'configs')
+    path = osp.join(configs, name)
+    if not osp.isfile(path):
+        raise InputError(f'{owner} has no config {name!r} (looked in '
+                         f'{configs})')
+    return path
+
+
 def mmdet_config_path(name: str) -> str:
     """Path of one of MMDetection's own configs, e.g.
     ``'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`` (what ``mmdet::`` names in
     a ``_base_``)."""
     from mmengine.utils import get_installed_path
-    path = osp.join(get_installed_path('mmdet'), '.mim', 'configs', name)
-    if not osp.isfile(path):
-        raise InputError(f'MMDetection has no config {name!r} ({path})')
-    return path
+    return _mim_config(get_installed_path('mmdet'), 'MMDetection', name)
+
+
+def config_path(name: str) -> str:
+    """Path of one of mmdet-gc's configs, in a checkout or an installed
+    wheel alike.
+
+    A config of your own inherits one as ``_base_ =
+    'mmdet_gc::mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
+
+    Args:
+        name (str): The config's path under ``configs/``, e.g.
+            ``'mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
+
+    Returns:
+        str: Its absolute path.
+
+    Raises:
+        InputError: mmdet-gc has no such config.
+    """
+    return _mim_config(
+        osp.dirname(osp.abspath(__file__)), 'mmdet-gc', name)
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,8 @@ t interval and a paired t-test, with failed and diverged runs counted and
 kept in the statistics.
 
 Layout of a study's work dir: ``WORK/<arm>/seed<N>/`` is one
-``tools/train.py`` run; its ``shift<OFFSET>/`` subfolders hold the
-``tools/test.py`` evaluations of the final checkpoint under brightness
+``mmdet-gc train`` run; its ``shift<OFFSET>/`` subfolders hold the
+``mmdet-gc test`` evaluations of the final checkpoint under brightness
 offsets (``shift0`` is the plain test); ``row_mean_drift.json`` (from
 :class:`~mmdet_gc.diagnostics.RowMeanDriftHook`) the drift of the weight
 row means; ``train.done`` / ``train.failed`` mark how training ended.
@@ -76,19 +76,26 @@ def _last_checkpoint(run: str) -> Optional[str]:
     return ckpt if osp.isfile(ckpt) else None
 
 
+def tool_command(command: str, *args: str) -> List[str]:
+    """A ``mmdet-gc COMMAND ARGS`` line through this interpreter
+    (``python -m mmdet_gc``), so that it runs from a checkout or an
+    installed wheel alike, in any working directory."""
+    return [sys.executable, '-m', 'mmdet_gc', command, *args]
+
+
 def train_command(config: str,
                   work: str,
                   arm: Arm,
                   seed: int,
                   launcher: str = 'none',
                   options: Sequence[str] = ()) -> List[str]:
-    """``tools/train.py`` for one run; ``--resume`` when it was
+    """``mmdet-gc train`` for one run; ``--resume`` when it was
     interrupted (a checkpoint but no ``train.done``)."""
     run = run_dir(work, arm, seed)
     opts = [f'randomness.seed={seed}', *options]
     if arm.lr is not None:
         opts.append(f'optim_wrapper.optimizer.lr={arm.lr}')
-    cmd = [sys.executable, 'tools/train.py', config, '--work-dir', run]
+    cmd = tool_command('train', config, '--work-dir', run)
     if arm.gc:
         cmd += ['--gc', arm.gc]
     if _last_checkpoint(run):
@@ -102,12 +109,10 @@ def test_command(config: str,
                  run: str,
                  shift: float,
                  options: Sequence[str] = ()) -> List[str]:
-    """``tools/test.py`` of a run's final checkpoint under one offset."""
+    """``mmdet-gc test`` of a run's final checkpoint under one offset."""
     ckpt = _last_checkpoint(run) or osp.join(run, 'CHECKPOINT')
-    cmd = [
-        sys.executable, 'tools/test.py', config, ckpt, '--work-dir',
-        shift_dir(run, shift)
-    ]
+    cmd = tool_command('test', config, ckpt, '--work-dir',
+                       shift_dir(run, shift))
     if shift:
         cmd += ['--intensity-shift', f'{shift:g}']
     return cmd + (['--cfg-options', *options] if options else [])
@@ -151,10 +156,11 @@ def _run(cmd: List[str], log: str, cwd: str) -> int:
             cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
-def execute(plan: Plan, root: str, say=print) -> Dict[str, int]:
+def execute(plan: Plan, cwd: str, say=print) -> Dict[str, int]:
     """Run what is not done yet; finished runs are skipped, interrupted
     ones resumed. A run whose training fails is marked ``train.failed``
-    and counted by the report; the study goes on.
+    and counted by the report; the study goes on. The runs start in
+    ``cwd``, which relative paths of the plan are relative to.
 
     Returns:
         dict: How many runs were ``done`` before, ``ran`` now, ``failed``.
@@ -183,7 +189,7 @@ def execute(plan: Plan, root: str, say=print) -> Dict[str, int]:
         say(f'[study] run {k}/{len(todo)}: {arm.name} seed {seed} '
             f'({counts["done"]} done before{eta})')
         if not osp.isfile(osp.join(run, 'train.done')):
-            if _run(plan.train(arm, seed), log, root) != 0:
+            if _run(plan.train(arm, seed), log, cwd) != 0:
                 open(osp.join(run, 'train.failed'), 'w').close()
                 counts['failed'] += 1
                 say(f'[study]   training failed: see {log}')
@@ -194,7 +200,7 @@ def execute(plan: Plan, root: str, say=print) -> Dict[str, int]:
             marker = osp.join(shift_dir(run, shift), 'test.done')
             if osp.isfile(marker):
                 continue
-            if _run(plan.test(run, shift), log, root) == 0:
+            if _run(plan.test(run, shift), log, cwd) == 0:
                 open(marker, 'w').close()
             else:
                 say(f'[study]   evaluation at offset {shift:g} failed: '

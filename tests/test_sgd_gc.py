@@ -12,25 +12,15 @@ import torch
 
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
-from helpers import (DT, SHAPES, assert_kernels_agree, assert_same_as,
-                     check_against_reference, make_params, product,
-                     reference_step, set_grads)
+from helpers import (DT, SGD_HYPER, SHAPES, assert_kernels_agree,
+                     assert_same_as, check_against_reference, make_params,
+                     product, reference_step, set_grads)
 
 STEPS = 12
 
-HYPER = [
-    dict(lr=0.1),
-    dict(lr=0.05, weight_decay=1e-2),
-    dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
-    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-3),
-    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3),
-    dict(lr=0.05, momentum=0.9, maximize=True),
-    dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True),
-]
-
 
 @pytest.mark.parametrize('cls,foreach,hyper',
-                         product([SGD_GC, SGD_GCC], [False, True], HYPER))
+                         product([SGD_GC, SGD_GCC], [False, True], SGD_HYPER))
 def test_matches_reference_every_step(cls, foreach, hyper):
     params = make_params()
     # Two groups: the second with its own lr / momentum.
@@ -47,12 +37,12 @@ def test_matches_reference_every_step(cls, foreach, hyper):
         }, STEPS)
 
 
-@pytest.mark.parametrize('cls,hyper', product([SGD_GC, SGD_GCC], HYPER))
+@pytest.mark.parametrize('cls,hyper', product([SGD_GC, SGD_GCC], SGD_HYPER))
 def test_foreach_matches_single_tensor_kernel(cls, hyper):
     assert_kernels_agree(lambda ps, **kw: cls(ps, **kw, **hyper), STEPS)
 
 
-@pytest.mark.parametrize('foreach,hyper', product([False, True], HYPER))
+@pytest.mark.parametrize('foreach,hyper', product([False, True], SGD_HYPER))
 def test_gc_off_equals_torch_sgd_exactly(foreach, hyper):
     a, b = make_params(), make_params()
     opt_gc = SGD_GC([dict(params=list(a.values()), gc=False)],
@@ -82,7 +72,7 @@ def test_uncentralized_tensors_are_plain_sgd(cls, foreach):
 
 
 @pytest.mark.parametrize('cls,foreach,hyper',
-                         product([SGD_GC, SGD_GCC], [False, True], HYPER))
+                         product([SGD_GC, SGD_GCC], [False, True], SGD_HYPER))
 def test_row_means_of_centralized_weights_never_change(cls, foreach, hyper):
     params = make_params()
     conv_only = cls is SGD_GCC
@@ -144,7 +134,7 @@ def test_half_precision_mean_is_taken_in_float32(dtype):
 @pytest.mark.parametrize('cls,foreach',
                          product([SGD_GC, SGD_GCC], [False, True]))
 def test_grad_is_never_modified(cls, foreach):
-    for hyper in HYPER:
+    for hyper in SGD_HYPER:
         params = make_params()
         opt = cls(params.values(), foreach=foreach, **hyper)
         for step in range(3):

@@ -116,7 +116,7 @@ def test_arms_and_commands(tmp_path):
     cmd = study.train_command('c.py', str(tmp_path), Arm('SGD_GC', 0.08), 3,
                               'pytorch', ['a=1'])
     assert cmd[1:] == [
-        'tools/train.py', 'c.py', '--work-dir',
+        '-m', 'mmdet_gc', 'train', 'c.py', '--work-dir',
         str(tmp_path / 'SGD_GC_lr0.08' / 'seed3'), '--gc', 'SGD_GC',
         '--launcher', 'pytorch', '--cfg-options', 'randomness.seed=3', 'a=1',
         'optim_wrapper.optimizer.lr=0.08'
@@ -134,7 +134,7 @@ def test_execute_skips_finished_runs_and_resumes_interrupted_ones(
         calls.append(cmd)
         run = cmd[cmd.index('--work-dir') + 1]
         os.makedirs(run, exist_ok=True)
-        if cmd[1] == 'tools/train.py':
+        if cmd[1:4] == ['-m', 'mmdet_gc', 'train']:
             ckpt = osp.join(run, 'iter_2.pth')
             open(ckpt, 'w').close()
             open(osp.join(run, 'last_checkpoint'), 'w').write(ckpt)
@@ -154,11 +154,11 @@ def test_execute_skips_finished_runs_and_resumes_interrupted_ones(
     said = []
     counts = execute(plan, ROOT, say=said.append)
     assert counts == dict(done=1, ran=3, failed=0)
-    trains = [c for c in calls if c[1] == 'tools/train.py']
+    trains = [c for c in calls if c[3] == 'train']
     assert len(trains) == 3
     assert '--resume' in trains[0] and str(cut) in trains[0]
     assert all('--resume' not in c for c in trains[1:])
-    tests = [c for c in calls if c[1] == 'tools/test.py']
+    tests = [c for c in calls if c[3] == 'test']
     assert len(tests) == 6
     assert sum('--intensity-shift' in c for c in tests) == 3
     assert any('left' in s for s in said)  # an ETA once a run is timed

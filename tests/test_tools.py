@@ -185,12 +185,20 @@ def test_gc_flag_switches_any_mmdet_config():
         apply_gc(cfg, 'SGD_GCX')
 
 
-def test_gc_flag_on_a_fused_config_switches_to_foreach(capsys):
+def test_gc_flag_on_a_fused_config(capsys):
+    """SGD keeps fused=True (a kernel of ours); AdamW, which has none,
+    switches to foreach and says so."""
     cfg = Config.fromfile(
         mmdet_config_path('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
     cfg.optim_wrapper.optimizer.fused = True
     apply_gc(cfg, 'SGD_GC')
-    opt = cfg.optim_wrapper.optimizer
+    assert cfg.optim_wrapper.optimizer.fused is True
+    assert capsys.readouterr().err == ''
+    detr = Config.fromfile(
+        mmdet_config_path('detr/detr_r50_8xb2-150e_coco.py'))
+    detr.optim_wrapper.optimizer.fused = True
+    apply_gc(detr, 'AdamW_GC2')
+    opt = detr.optim_wrapper.optimizer
     assert 'fused' not in opt and opt.foreach is True
     err = capsys.readouterr().err
     assert 'fused=True' in err and 'foreach=True' in err

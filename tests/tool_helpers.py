@@ -15,8 +15,14 @@ DEMO = osp.join(ROOT, 'configs', 'demo',
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 
-def tiny_config(tmp_path, data_root, max_iters=4, interval=None, extra=''):
-    """The demo config at 64 px with deterministic sampling.
+def tiny_config(tmp_path,
+                data_root,
+                max_iters=4,
+                interval=None,
+                extra='',
+                base=DEMO):
+    """The demo config (or ``base``, e.g. an ``mmdet_gc::`` name) at 64 px
+    with deterministic sampling.
 
     RPN / R-CNN samplers that take every candidate and no random flip make
     an iteration a function of the data order alone, which the runner
@@ -24,7 +30,7 @@ def tiny_config(tmp_path, data_root, max_iters=4, interval=None, extra=''):
     """
     ann = osp.join(data_root, 'annotations', 'instances_{}.json')
     text = f"""
-    _base_ = {DEMO!r}
+    _base_ = {base!r}
     img_scale = (64, 64)
     model = dict(train_cfg=dict(
         rpn=dict(sampler=dict(num=100000)),

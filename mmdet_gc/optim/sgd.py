@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..functional import default_foreach, sgd_gc
+from ..fused import fused_sgd_gc
 from .base import GCOptimizer, check_non_negative, scalar
 
 
@@ -43,8 +44,12 @@ class SGD_GC(GCOptimizer):
         foreach (bool, optional): Use the multi-tensor kernel; ``None``
             chooses as torch.optim does (foreach on CUDA, a loop on CPU).
         differentiable (bool): Only False (torch's default) is supported.
-        fused (bool, optional): Only None / False is supported; use
-            ``foreach`` instead.
+        fused (bool, optional): Use the compiled CPU kernel of
+            :mod:`mmdet_gc.fused` (parallel over weight rows; compiled on
+            first use and cached). Where it cannot be built, and for
+            tensors off the CPU, one line is logged and the Python kernels
+            run. ``None`` / False: the Python kernels (opt-in, as torch's
+            fused SGD). Cannot be True together with ``foreach``.
         gc (bool): Apply GC at all (a param-group key). Defaults to True.
         gc_conv_only (bool, optional): Centralize conv weights only (a
             param-group key). Defaults to False for ``SGD_GC`` and True for
@@ -58,6 +63,8 @@ class SGD_GC(GCOptimizer):
     base_algorithm = 'SGD'
     #: Decoupled weight decay (SGDW) instead of an L2 penalty.
     decoupled: bool = False
+    #: ``fused`` is supported (:mod:`mmdet_gc.fused`).
+    torch_modes = ('differentiable', )
 
     def __init__(self,
                  params: Any,
@@ -96,42 +103,60 @@ class SGD_GC(GCOptimizer):
             gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
 
+    def add_param_group(self, param_group: dict) -> None:
+        if all(
+                param_group.get(k, self.defaults.get(k))
+                for k in ('fused', 'foreach')):
+            raise ValueError(f'{type(self).__name__}: `fused` and '
+                             '`foreach` cannot be `True` together')
+        super().add_param_group(param_group)
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault('nesterov', False)
             group.setdefault('dampening', 0.)
+            group.setdefault('fused', None)
 
     def _update_group(self, group: dict, params: List[Tensor],
                       grads: List[Tensor], centralized: List[bool]) -> None:
         momentum = group['momentum']
-        lr, weight_decay = scalar(group['lr']), scalar(group['weight_decay'])
-        if self.decoupled and weight_decay != 0 and params:
-            # p = p_old - lr * d - lr * wd * p_old: scale first, then
-            # the (decay-free) SGD step below adds -lr * d.
-            if group['foreach'] or (group['foreach'] is None
-                                    and default_foreach(params)):
-                torch._foreach_mul_(params, 1 - lr * weight_decay)
-            else:
-                for p in params:
-                    p.mul_(1 - lr * weight_decay)
-            weight_decay = 0.
-        bufs = [
-            self.state[p].get('momentum_buffer') if momentum != 0 else None
-            for p in params
-        ]
-        sgd_gc(
-            params,
-            grads,
-            bufs,
-            centralized,
-            foreach=group['foreach'],
-            weight_decay=weight_decay,
+        lr = scalar(group['lr'])
+        hyper = dict(
+            weight_decay=scalar(group['weight_decay']),
             momentum=momentum,
             lr=lr,
             dampening=group['dampening'],
             nesterov=group['nesterov'],
             maximize=group['maximize'])
+        bufs = [
+            self.state[p].get('momentum_buffer') if momentum != 0 else None
+            for p in params
+        ]
+        if group['fused'] and params:
+            # SGDW's decay is fused into the kernel as well.
+            fused_sgd_gc(
+                params, grads, bufs, centralized, decoupled=self.decoupled,
+                **hyper)
+        else:
+            if self.decoupled and hyper['weight_decay'] != 0 and params:
+                # p = p_old - lr * d - lr * wd * p_old: scale first, then
+                # the (decay-free) SGD step below adds -lr * d.
+                scale = 1 - lr * hyper['weight_decay']
+                if group['foreach'] or (group['foreach'] is None
+                                        and default_foreach(params)):
+                    torch._foreach_mul_(params, scale)
+                else:
+                    for p in params:
+                        p.mul_(scale)
+                hyper['weight_decay'] = 0.
+            sgd_gc(
+                params,
+                grads,
+                bufs,
+                centralized,
+                foreach=group['foreach'],
+                **hyper)
         if momentum != 0:
             for p, buf in zip(params, bufs):
                 self.state[p]['momentum_buffer'] = buf

@@ -1,0 +1,49 @@
+"""Compare work dirs (e.g. baseline vs GC): COCO table and curves.
+
+    mmdet-gc report WORK_DIR [WORK_DIR ...] [--names a b] [--plot curves.png]
+    python tools/gc_report.py ...   (the same, from a checkout)
+
+Prints the paper-style markdown table (box / mask AP, AP50, AP75, APs, APm,
+APl, in %) from each run's tools/test.py metrics, or its last validation,
+and draws training-loss and AP curves with matplotlib.
+"""
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from mmdet_gc.report import ReportError, markdown_table, plot_curves, read_run
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         prog: Optional[str] = None) -> None:
+    """Run the command (``argv``: its arguments, default ``sys.argv[1:]``;
+    ``prog``: its name in usage and error lines)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split('\n')[0])
+    parser.add_argument('work_dirs', nargs='+')
+    parser.add_argument('--names', nargs='+', help='a label per work dir')
+    parser.add_argument('--plot', help='write the curves to this PNG')
+    args = parser.parse_args(argv)
+    tool = parser.prog
+    if args.names and len(args.names) != len(args.work_dirs):
+        sys.exit(f'{tool}: error: --names needs one label per '
+                 f'work dir ({len(args.work_dirs)})')
+    names = args.names or [None] * len(args.work_dirs)
+    try:
+        runs = [read_run(d, n) for d, n in zip(args.work_dirs, names)]
+    except ReportError as e:
+        sys.exit(f'{tool}: error: {e}')
+    print(markdown_table(runs))
+    for run in runs:
+        if run.final is None:
+            print(
+                f'\nnote: {run.name} has no COCO metrics yet (not '
+                'evaluated); its row is empty',
+                file=sys.stderr)
+    if args.plot:
+        plot_curves(runs, args.plot)
+        print(f'\ncurves: {args.plot}')
+
+
+if __name__ == '__main__':
+    main()

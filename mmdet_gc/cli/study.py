@@ -1,0 +1,156 @@
+"""A paired GC study: arms x seeds over one config, then its report.
+
+    mmdet-gc study CONFIG --gc SGD_GC [SGD_GCC] --seeds 0 1 2 3 4
+        [--lr 0.08] [--shifts -40 -20 0 20 40] [--work-dir WORK]
+        [--launcher pytorch] [--print-commands] [--only ARM:SEED]
+        [--report-only] [--threshold 0.05] [--cfg-options ...]
+    python tools/gc_study.py ...   (the same, from a checkout)
+
+Every arm (the config as it is, "base"; each --gc optimizer; each again at
+every --lr) trains with the same seeds (``randomness.seed``), so that the
+paired runs differ in GC only: ``mmdet-gc train`` into WORK/ARM/seedN, then
+``mmdet-gc test`` of its final checkpoint once per brightness offset.
+Finished runs are skipped and interrupted ones resumed, so a study can be
+stopped and continued. ``--print-commands`` prints one line per run (this
+tool with ``--only ARM:SEED``) for a slurm job array or any cluster; run
+the tool again with ``--report-only`` when they are done.
+
+The report (WORK/report.md, .json, .png) gives per arm mean ± std of box
+and mask AP, AP50, AP75, APs, APm and APl; per metric the paired
+difference to the base arm with a 95% t interval and a paired t-test;
+failed and diverged runs, counted and kept; box AP under each offset; and
+how far the weight row means moved (Yong et al., ECCV 2020: with SGD_GC
+they do not).
+"""
+import argparse
+import os
+import os.path as osp
+import shlex
+import sys
+from typing import Optional, Sequence
+
+from mmengine.config import DictAction
+
+import mmdet_gc  # noqa: F401
+from mmdet_gc.report import ReportError
+from mmdet_gc.runner_utils import InputError, apply_gc
+from mmdet_gc.study import (Plan, execute, make_arms, run_name, tool_command,
+                            write_report)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None,
+               prog: Optional[str] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument(
+        '--gc',
+        nargs='+',
+        default=[],
+        metavar='NAME',
+        help='a GC arm per optimizer (the base arm is the config as it is)')
+    parser.add_argument(
+        '--lr',
+        nargs='+',
+        type=float,
+        default=[],
+        help='also run every arm at these learning rates')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument(
+        '--shifts',
+        nargs='+',
+        type=float,
+        default=[0.],
+        help='brightness offsets to evaluate under (0: the plain test)')
+    parser.add_argument('--work-dir', default='work_dirs/gc_study')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none')
+    parser.add_argument(
+        '--threshold',
+        type=float,
+        default=0.,
+        help='a run whose box AP is at or below this counts as diverged')
+    parser.add_argument('--print-commands', action='store_true')
+    parser.add_argument('--only', metavar='ARM:SEED')
+    parser.add_argument('--report-only', action='store_true')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='passed to every train and test run')
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
+    return args
+
+
+def check(args: argparse.Namespace) -> None:
+    """Fail before any work: config, --gc names, seeds, offsets."""
+    from mmengine.config import Config
+    if not osp.isfile(args.config):
+        raise InputError(f'config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    for name in args.gc:
+        apply_gc(cfg.copy(), name)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise InputError(f'--seeds has repeats: {args.seeds}')
+    if 0. not in args.shifts:
+        raise InputError('--shifts must include 0 (the plain test)')
+    if args.only:
+        names = [
+            run_name(a, s) for s in args.seeds
+            for a in make_arms(args.gc, args.lr)
+        ]
+        if args.only not in names:
+            raise InputError(f'--only {args.only} is not a run of this '
+                             f'study; its runs: {", ".join(names)}')
+
+
+def options(cfg_options: dict) -> list:
+    return [f'{k}={v}' for k, v in cfg_options.items()]
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         prog: Optional[str] = None) -> None:
+    """Run the command (``argv``: its arguments, default ``sys.argv[1:]``;
+    ``prog``: its name in usage and error lines)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv, prog)
+    tool = args.prog
+    try:
+        check(args)
+    except InputError as e:
+        sys.exit(f'{tool}: error: {e}')
+    plan = Plan(
+        config=args.config,
+        work=args.work_dir,
+        arms=make_arms(args.gc, args.lr),
+        seeds=args.seeds,
+        shifts=args.shifts,
+        launcher=args.launcher,
+        options=options(args.cfg_options),
+        only=args.only)
+    if args.print_commands:
+        keep = [a for a in argv if a != '--print-commands']
+        for arm, seed in plan.runs():
+            print(
+                shlex.join(
+                    tool_command('study', *keep, '--only',
+                                 run_name(arm, seed))))
+        return
+    if not args.report_only:
+        execute(plan, os.getcwd(), say=lambda line: print(line, flush=True))
+    if args.only:
+        return
+    try:
+        text, _ = write_report(args.work_dir, args.threshold)
+    except ReportError as e:
+        sys.exit(f'{tool}: error: {e}')
+    print(text)
+    print(f'\nreport: {osp.join(args.work_dir, "report.md")} (.json, .png)')
+
+
+if __name__ == '__main__':
+    main()

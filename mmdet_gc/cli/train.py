@@ -1,0 +1,120 @@
+"""Train a detector with MMDetection 3.x, with the GC optimizers available.
+
+``mmdet-gc train`` and ``tools/train.py``: MMDetection's own
+``tools/train.py`` flags, plus ``--gc NAME``, which turns
+any mmdet config into its GC counterpart (same lr, momentum, weight decay,
+clipping and ``paramwise_cfg``) for paired baseline / GC runs.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+"""
+import argparse
+import os.path as osp
+from typing import Optional, Sequence
+
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+from mmengine.config import Config
+from mmengine.runner import find_latest_checkpoint
+
+import mmdet_gc  # noqa: F401  (registers the GC optimizers)
+from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
+                                   build_runner, check_checkpoint,
+                                   check_dataset_paths, check_optimizer,
+                                   load_config, prepare_or_exit)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None,
+               prog: Optional[str] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument(
+        '--gc',
+        metavar='NAME',
+        help='train with this GC optimizer instead of the config\'s own, '
+        f'keeping its arguments (one of: {", ".join(mmdet_gc.GC_OPTIMIZERS)})')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='enable automatically scaling LR.')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='If specify checkpoint path, resume from it, while if not '
+        'specify, try to auto resume from the latest checkpoint '
+        'in the work directory.')
+    add_runner_args(parser)
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
+    return args
+
+
+def build_cfg(args: argparse.Namespace) -> Config:
+    """The run's config from the flags; raises InputError on bad input."""
+    cfg = load_config(args)
+    if args.gc:
+        apply_gc(cfg, args.gc)
+    check_optimizer(cfg)
+
+    if args.amp:
+        from mmengine.device import get_device
+        if get_device() == 'cpu':
+            raise InputError(
+                '--amp needs a CUDA, NPU, MLU or MUSA device: MMEngine\'s '
+                'AmpOptimWrapper does not run on the CPU')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and \
+                'enable' in cfg.auto_scale_lr and \
+                'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise InputError('Can not find "auto_scale_lr" or '
+                             '"auto_scale_lr.enable" or '
+                             '"auto_scale_lr.base_batch_size" in your'
+                             ' configuration file.')
+
+    trust = args.trust_checkpoint
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+        # The runner resumes from the work dir's last checkpoint, if any.
+        latest = find_latest_checkpoint(cfg.work_dir) \
+            if osp.isdir(cfg.work_dir) else None
+        check_checkpoint(latest, '--resume', resume=True, trust=trust)
+    elif args.resume is not None:
+        check_checkpoint(args.resume, '--resume', resume=True, trust=trust)
+        cfg.resume = True
+        cfg.load_from = args.resume
+    else:
+        check_checkpoint(cfg.get('load_from'), 'load_from', trust=trust)
+
+    loaders = ['train_dataloader']
+    if cfg.get('val_cfg') is not None:
+        loaders.append('val_dataloader')
+    check_dataset_paths(cfg, tuple(loaders))
+
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         prog: Optional[str] = None) -> None:
+    """Run the command (``argv``: its arguments, default ``sys.argv[1:]``;
+    ``prog``: its name in usage and error lines)."""
+    args = parse_args(argv, prog)
+    # Reduce the number of repeated compilations and improve training speed.
+    setup_cache_size_limit_of_dynamo()
+    cfg = prepare_or_exit(build_cfg, args, args.prog)
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()

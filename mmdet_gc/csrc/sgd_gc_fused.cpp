@@ -1,0 +1,419 @@
+// Fused CPU kernel of SGD with Gradient Centralization (GC).
+//
+// Yong et al., "Gradient Centralization: A New Optimization Technique for
+// Deep Neural Networks", ECCV 2020 (arXiv:2004.01461).
+//
+// One call updates a list of centralized parameters. For each output row of
+// a parameter p (dim 0; the row is everything else) with gradient g:
+//
+//     d   = (maximize ? -g : g) + weight_decay * p
+//     d   = d - mean(d over the row)
+//     buf = d (first step) | momentum * buf + (1 - dampening) * d
+//     d   = d + momentum * buf if nesterov else buf
+//     p   = scale * p - lr * d      (scale = 1 - lr * wd for SGDW, else 1)
+//
+// The row is read twice, the second time from cache (the first pass also
+// prefetches the buffer): the first pass only sums d, the second writes the
+// new buffer and the new p. The step so streams g, p and buf from memory
+// once and writes buf and p once, where the Python kernels make about
+// eleven passes.
+//
+// Every value is rounded as mmdet_gc.functional._single_tensor_sgd_gc (the
+// specification) rounds it: d, the centred d, the buffer and the update
+// are stored in the parameter's dtype between steps of the formula, the
+// arithmetic runs in float (double for float64), ``a + alpha * b`` is one
+// fused multiply-add as in ATen's vectorized add (where the CPU has FMA),
+// and, as ATen does for half-precision tensors, an ``alpha`` is rounded to
+// the tensor's dtype while a multiplier of ``mul_`` is not. Only the row
+// mean differs in its last bits: it is summed in double in a fixed order
+// (eight interleaved partial sums), so the result does not depend on the
+// number of threads either.
+//
+// Parameters p and buffers are updated in place; gradients are read only.
+// The Python side (mmdet_gc/fused.py) only passes contiguous CPU tensors of
+// one dtype per parameter and routes everything else elsewhere.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MMDET_GC_RESTRICT __restrict__
+#define MMDET_GC_PREFETCH(ptr) __builtin_prefetch((ptr), 1, 3)
+#else
+#define MMDET_GC_RESTRICT __restrict
+#define MMDET_GC_PREFETCH(ptr) ((void)(ptr))
+#endif
+
+namespace {
+
+// ``a * b + c`` rounded once where the CPU has FMA (as ATen's vectorized
+// kernels compute it), twice otherwise (as ATen's scalar kernels do).
+template <typename O>
+inline O fmadd(O a, O b, O c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__aarch64__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+template <typename T>
+struct OpMath {
+  using type = float;
+};
+template <>
+struct OpMath<double> {
+  using type = double;
+};
+
+// The value of ``x`` once stored in a tensor of dtype T, read back.
+template <typename T, typename O>
+inline O rnd(O x) {
+  return static_cast<O>(static_cast<T>(x));
+}
+
+// What the momentum buffer does, fixed per tensor so that the row loops
+// have no branches.
+enum Mode : int {
+  kNone = 0,    // momentum == 0
+  kFirst = 1,   // first step: buf = d
+  kUpdate = 2,  // buf = d + momentum * buf (dampening == 0)
+  kDamped = 3,  // buf = momentum * buf + (1 - dampening) * d
+};
+
+struct Hyper {
+  double weight_decay, momentum, lr, dampening, scale;
+  bool nesterov, maximize;
+};
+
+// How the weight decay enters, fixed per call.
+enum Decay : int {
+  kNoDecay = 0,  // d = g
+  kL2 = 1,       // d = g + wd * p
+  kScaled = 2,   // d = g, and p is scaled first (SGDW)
+};
+
+// The hyper-parameters as the single-tensor kernel rounds them for dtype T.
+//
+// maximize: the kernel works with d' = g - wd * p = -d and its row mean,
+// and takes c = mean' - d' = d - mean: negation is exact and rounding to
+// nearest is symmetric, so every value equals the specification's, with
+// no extra multiplication.
+template <typename T>
+struct Consts {
+  using O = typename OpMath<T>::type;
+  O wd;      // alpha of g.add(p, alpha=wd), negated when maximizing
+  O mu;      // alpha of add(d, buf, alpha=momentum)
+  O mu_mul;  // multiplier of buf.mul_(momentum)
+  O damp;    // alpha of add_(d, alpha=1 - dampening)
+  O neg_lr;  // alpha of p.add_(d, alpha=-lr)
+  O scale;   // multiplier of p.mul_(1 - lr * wd) (SGDW)
+
+  explicit Consts(const Hyper& h)
+      : wd(alpha(h.maximize ? -h.weight_decay : h.weight_decay)),
+        mu(alpha(h.momentum)),
+        mu_mul(static_cast<O>(h.momentum)),
+        damp(alpha(1.0 - h.dampening)),
+        neg_lr(alpha(-h.lr)),
+        scale(static_cast<O>(h.scale)) {}
+
+  // ATen's add kernel converts ``alpha`` to the tensor's dtype.
+  static O alpha(double a) { return static_cast<O>(static_cast<T>(a)); }
+};
+
+// d = g + wd * p (d' = -d when maximizing), as stored in dtype T.
+template <typename T, bool WD>
+inline typename OpMath<T>::type decayed(T g, T p, const Consts<T>& k) {
+  using O = typename OpMath<T>::type;
+  if (WD) {
+    return rnd<T>(fmadd(static_cast<O>(p), k.wd, static_cast<O>(g)));
+  }
+  return static_cast<O>(g);
+}
+
+// Mean of d over one row, summed in double in a fixed order: eight
+// interleaved partial sums, each with the rounding error of every addition
+// carried along (Knuth's TwoSum) for float64 rows; a plain double sum of
+// float values is already far below float's precision.
+// ``ahead`` (the row's momentum buffer, or null) is prefetched on the way,
+// so that the second pass finds all of its inputs in cache.
+template <typename T, bool WD>
+inline typename OpMath<T>::type row_mean(const T* g, const T* p, int64_t n,
+                                         const Consts<T>& k,
+                                         const T* ahead) {
+  using O = typename OpMath<T>::type;
+  constexpr bool kCompensate = std::is_same<T, double>::value;
+  double acc[8] = {0., 0., 0., 0., 0., 0., 0., 0.};
+  double err[8] = {0., 0., 0., 0., 0., 0., 0., 0.};
+  // Blocks of 512 elements: the prefetches stay out of the summing loop,
+  // which the compiler vectorizes.
+  constexpr int64_t kBlock = 512;
+  const int64_t n8 = n - n % 8;
+  for (int64_t start = 0; start < n8; start += kBlock) {
+    const int64_t end = std::min(n8, start + kBlock);
+    if (ahead != nullptr) {
+      for (int64_t l = start; l < end; l += 64 / sizeof(T)) {
+        MMDET_GC_PREFETCH(ahead + l);
+      }
+    }
+    for (int64_t i = start; i < end; i += 8) {
+      for (int j = 0; j < 8; ++j) {
+        const double x =
+            static_cast<double>(decayed<T, WD>(g[i + j], p[i + j], k));
+        if (kCompensate) {
+          const double s = acc[j] + x;
+          const double bv = s - acc[j];
+          err[j] += (acc[j] - (s - bv)) + (x - bv);
+          acc[j] = s;
+        } else {
+          acc[j] += x;
+        }
+      }
+    }
+  }
+  int64_t i = n8;
+  double tail = 0.;
+  for (; i < n; ++i) {
+    tail += static_cast<double>(decayed<T, WD>(g[i], p[i], k));
+  }
+  const double sum = (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                      ((acc[4] + acc[5]) + (acc[6] + acc[7]))) +
+      ((((err[0] + err[1]) + (err[2] + err[3])) +
+        ((err[4] + err[5]) + (err[6] + err[7]))) +
+       tail);
+  // torch: sum in the accumulation dtype, then divide by the count.
+  return static_cast<O>(sum) / static_cast<O>(n);
+}
+
+// Both passes over one row: the mean, then the new buffer and parameter.
+template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
+inline void row_update(const T* MMDET_GC_RESTRICT g, T* MMDET_GC_RESTRICT p,
+                       T* MMDET_GC_RESTRICT buf, int64_t n,
+                       const Consts<T>& k) {
+  using O = typename OpMath<T>::type;
+  constexpr bool WD = DECAY == kL2;
+  const O mean = row_mean<T, WD>(g, p, n, k,
+                                 MODE == kUpdate || MODE == kDamped ? buf
+                                                                    : nullptr);
+  for (int64_t i = 0; i < n; ++i) {
+    const O d = decayed<T, WD>(g[i], p[i], k);
+    const O c = rnd<T>(NEG ? mean - d : d - mean);
+    O b = c;
+    if (MODE == kUpdate) {
+      b = rnd<T>(fmadd(static_cast<O>(buf[i]), k.mu, c));
+    } else if (MODE == kDamped) {
+      const O b1 = rnd<T>(static_cast<O>(buf[i]) * k.mu_mul);
+      b = rnd<T>(fmadd(c, k.damp, b1));
+    }
+    if (MODE != kNone) {
+      buf[i] = static_cast<T>(b);
+    }
+    const O upd = NEST ? rnd<T>(fmadd(b, k.mu, c)) : b;
+    const O ps = DECAY == kScaled ? rnd<T>(static_cast<O>(p[i]) * k.scale)
+                                  : static_cast<O>(p[i]);
+    p[i] = static_cast<T>(fmadd(upd, k.neg_lr, ps));
+  }
+}
+
+template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
+void rows_of(const T* g, T* p, T* buf, int64_t rows, int64_t n,
+             const Consts<T>& k) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * n;
+    row_update<T, DECAY, NEG, MODE, NEST>(
+        g + o, p + o, buf == nullptr ? nullptr : buf + o, n, k);
+  }
+}
+
+template <typename T, int DECAY, bool NEG>
+void rows_mode(const T* g, T* p, T* buf, int64_t rows, int64_t n, int mode,
+               bool nesterov, const Consts<T>& k) {
+  switch (mode) {
+    case kNone:
+      return rows_of<T, DECAY, NEG, kNone, false>(g, p, buf, rows, n, k);
+    case kFirst:
+      return nesterov
+          ? rows_of<T, DECAY, NEG, kFirst, true>(g, p, buf, rows, n, k)
+          : rows_of<T, DECAY, NEG, kFirst, false>(g, p, buf, rows, n, k);
+    case kUpdate:
+      return nesterov
+          ? rows_of<T, DECAY, NEG, kUpdate, true>(g, p, buf, rows, n, k)
+          : rows_of<T, DECAY, NEG, kUpdate, false>(g, p, buf, rows, n, k);
+    default:
+      return nesterov
+          ? rows_of<T, DECAY, NEG, kDamped, true>(g, p, buf, rows, n, k)
+          : rows_of<T, DECAY, NEG, kDamped, false>(g, p, buf, rows, n, k);
+  }
+}
+
+template <typename T, int DECAY>
+void rows_neg(const T* g, T* p, T* buf, int64_t rows, int64_t n, int mode,
+              const Hyper& h, const Consts<T>& k) {
+  if (h.maximize) {
+    rows_mode<T, DECAY, true>(g, p, buf, rows, n, mode, h.nesterov, k);
+  } else {
+    rows_mode<T, DECAY, false>(g, p, buf, rows, n, mode, h.nesterov, k);
+  }
+}
+
+// Rows [r0, r1) of one tensor.
+template <typename T>
+void rows(const at::Tensor& grad, const at::Tensor& param,
+          const at::Tensor& buf, int64_t r0, int64_t r1, int64_t n, int mode,
+          const Hyper& h) {
+  const Consts<T> k(h);
+  const T* g = grad.const_data_ptr<T>() + r0 * n;
+  T* p = param.data_ptr<T>() + r0 * n;
+  T* b = buf.defined() ? buf.data_ptr<T>() + r0 * n : nullptr;
+  if (h.weight_decay != 0.) {
+    rows_neg<T, kL2>(g, p, b, r1 - r0, n, mode, h, k);
+  } else if (h.scale != 1.) {
+    rows_neg<T, kScaled>(g, p, b, r1 - r0, n, mode, h, k);
+  } else {
+    rows_neg<T, kNoDecay>(g, p, b, r1 - r0, n, mode, h, k);
+  }
+}
+
+struct Task {
+  int64_t tensor, r0, r1;
+};
+
+// About this many elements per task: small enough to balance two or more
+// threads, large enough that a task costs far more than its scheduling.
+constexpr int64_t kTaskElems = 1 << 15;
+
+}  // namespace
+
+// Update ``params`` in place; returns the momentum buffers (new tensors
+// where ``momentum_buffers`` held None), or an empty list without
+// momentum.
+std::vector<at::Tensor> sgd_gc_(
+    const std::vector<at::Tensor>& params,
+    const std::vector<at::Tensor>& grads,
+    const std::vector<c10::optional<at::Tensor>>& momentum_buffers,
+    double weight_decay, double momentum, double lr, double dampening,
+    bool nesterov, bool maximize, double scale) {
+  const size_t num = params.size();
+  TORCH_CHECK(grads.size() == num, "sgd_gc_: ", num, " params but ",
+              grads.size(), " grads");
+  TORCH_CHECK(momentum == 0. || momentum_buffers.size() == num,
+              "sgd_gc_: one momentum buffer (or None) per param expected");
+  TORCH_CHECK(weight_decay == 0. || scale == 1.,
+              "sgd_gc_: an L2 weight_decay or a decoupled scale, not both");
+  const Hyper h{weight_decay, momentum, lr, dampening, scale, nesterov,
+                maximize};
+  std::vector<at::Tensor> bufs;
+  std::vector<int> modes(num, kNone);
+  std::vector<Task> tasks;
+  std::vector<int64_t> starts;  // first element of each task, all tensors
+  int64_t total = 0;
+  for (size_t t = 0; t < num; ++t) {
+    const at::Tensor& p = params[t];
+    const at::Tensor& g = grads[t];
+    TORCH_CHECK(p.device().is_cpu() && g.device().is_cpu(),
+                "sgd_gc_: CPU tensors only");
+    TORCH_CHECK(p.dim() >= 1 && p.is_contiguous() && g.is_contiguous() &&
+                    g.sizes() == p.sizes() && g.scalar_type() ==
+                    p.scalar_type(),
+                "sgd_gc_: param ", t, " and its grad must be contiguous "
+                "tensors of one shape and dtype");
+    const auto dtype = p.scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble ||
+                    dtype == at::kHalf || dtype == at::kBFloat16,
+                "sgd_gc_: unsupported dtype ", dtype);
+    if (momentum != 0.) {
+      const auto& given = momentum_buffers[t];
+      if (given.has_value() && given->defined()) {
+        TORCH_CHECK(given->is_contiguous() && given->sizes() == p.sizes() &&
+                        given->scalar_type() == p.scalar_type() &&
+                        given->device().is_cpu(),
+                    "sgd_gc_: momentum buffer ", t,
+                    " must be a contiguous tensor like its param");
+        bufs.push_back(*given);
+        modes[t] = dampening != 0. ? kDamped : kUpdate;
+      } else {
+        bufs.push_back(at::empty_like(p, at::MemoryFormat::Contiguous));
+        modes[t] = kFirst;
+      }
+    }
+    const int64_t numel = p.numel();
+    if (numel == 0) {
+      continue;
+    }
+    const int64_t nrows = p.size(0);
+    const int64_t n = numel / nrows;
+    const int64_t step = std::max<int64_t>(1, kTaskElems / n);
+    for (int64_t r = 0; r < nrows; r += step) {
+      const int64_t r1 = std::min(nrows, r + step);
+      tasks.push_back({static_cast<int64_t>(t), r, r1});
+      starts.push_back(total);
+      total += (r1 - r) * n;
+    }
+  }
+  const at::Tensor none;
+  auto run = [&](const Task& task) {
+    const int64_t t = task.tensor;
+    const at::Tensor& p = params[t];
+    const int64_t n = p.numel() / p.size(0);
+    const at::Tensor& b = momentum != 0. ? bufs[t] : none;
+    switch (p.scalar_type()) {
+      case at::kFloat:
+        rows<float>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
+        break;
+      case at::kDouble:
+        rows<double>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
+        break;
+      case at::kHalf:
+        rows<c10::Half>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
+        break;
+      case at::kBFloat16:
+        rows<c10::BFloat16>(grads[t], p, b, task.r0, task.r1, n, modes[t],
+                            h);
+        break;
+      default:
+        TORCH_CHECK(false, "sgd_gc_: unsupported dtype ", p.scalar_type());
+    }
+  };
+  // Each thread takes the tasks that start inside its range of elements:
+  // the tasks, and so every result, do not depend on the thread count.
+  at::parallel_for(0, total, kTaskElems, [&](int64_t begin, int64_t end) {
+    auto first = std::lower_bound(starts.begin(), starts.end(), begin);
+    auto last = std::lower_bound(first, starts.end(), end);
+    for (auto it = first; it != last; ++it) {
+      run(tasks[it - starts.begin()]);
+    }
+  });
+  // In-place updates, as ATen's in-place ops record them for autograd.
+  for (size_t t = 0; t < num; ++t) {
+    if (!params[t].is_inference()) {
+      params[t].unsafeGetTensorImpl()->bump_version();
+    }
+    if (momentum != 0. && modes[t] != kFirst && !bufs[t].is_inference()) {
+      bufs[t].unsafeGetTensorImpl()->bump_version();
+    }
+  }
+  return bufs;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The GIL is released while the kernel runs, as ATen's ops do.
+  m.def("sgd_gc_", &sgd_gc_,
+        "SGD with Gradient Centralization over centralized CPU tensors "
+        "(in place)",
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        pybind11::arg("params"), pybind11::arg("grads"),
+        pybind11::arg("momentum_buffers"), pybind11::arg("weight_decay"),
+        pybind11::arg("momentum"), pybind11::arg("lr"),
+        pybind11::arg("dampening"), pybind11::arg("nesterov"),
+        pybind11::arg("maximize"), pybind11::arg("scale"));
+}

@@ -1,0 +1,340 @@
+"""Fused CPU kernel of SGD with Gradient Centralization (``fused=True``).
+
+Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
+Neural Networks", ECCV 2020 (arXiv:2004.01461).
+
+:func:`fused_sgd_gc` updates every centralized CPU parameter in one call of
+a C++ kernel (``csrc/sgd_gc_fused.cpp``, parallel over weight rows): per
+row, one pass reads the gradient and the parameter and sums the decayed
+gradient, and a second one, from cache, writes the new momentum buffer and
+the new parameter; memory sees five passes instead of the eleven or so of
+the Python kernels. Its arithmetic rounds as
+:func:`mmdet_gc.functional._single_tensor_sgd_gc` does, except for the last
+bits of each row mean, and does not depend on the thread count; the state
+stays ``momentum_buffer``, so a state dict moves freely between the fused,
+the foreach and the single-tensor kernels.
+
+The kernel is compiled with :func:`torch.utils.cpp_extension.load` on first
+use and cached under ``TORCH_EXTENSIONS_DIR`` (torch's default:
+``~/.cache/torch_extensions``); its name carries a hash of the source, the
+compiler flags and the torch version, so a stale build is never loaded.
+Nothing is downloaded. Where it cannot be built (no compiler, no ninja, or
+``MMDET_GC_NO_BUILD=1``), one line is logged and ``fused=True`` runs the
+single-tensor Python kernels instead, with the same results as
+``fused=False, foreach=False``.
+"""
+import hashlib
+import logging
+import os
+import platform
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+import torch
+from torch import Tensor
+from torch.optim.sgd import sgd as torch_sgd
+
+from .functional import _partition, _single_tensor_sgd_gc, sgd_gc
+
+__all__ = [
+    'NO_BUILD_ENV', 'fused_available', 'fused_unavailable_reason',
+    'fused_sgd_gc', 'extension_name'
+]
+
+#: Set to ``1`` to never build or load the kernel (``fused=True`` then
+#: falls back to the Python kernels).
+NO_BUILD_ENV = 'MMDET_GC_NO_BUILD'
+
+_SOURCE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'csrc', 'sgd_gc_fused.cpp')
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# The loaded module, or why there is none; filled once per process.
+_state: Dict[str, Any] = dict(tried=False, module=None, reason=None)
+# The reasons already logged (one line each per process).
+_logged: Set[str] = set()
+_lock = threading.Lock()
+
+
+def _cflags() -> List[str]:
+    """Compiler flags: -O3, no implicit FMA, OpenMP (``at::parallel_for``
+    is inline: without it the kernel runs on one thread), and AVX2 / FMA /
+    F16C where torch itself runs its AVX2 or AVX-512 kernels on this CPU.
+    """
+    if os.name == 'nt':  # MSVC
+        return ['/O2', '/fp:precise', '/openmp']
+    flags = ['-O3', '-ffp-contract=off', '-fopenmp']
+    machine = platform.machine().lower()
+    if machine in ('x86_64', 'amd64') and \
+            torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512'):
+        flags += ['-mavx2', '-mfma', '-mf16c']
+    return flags
+
+
+def _ldflags() -> List[str]:
+    # The OpenMP runtime resolves to the one torch has loaded (same soname).
+    return [] if os.name == 'nt' else ['-fopenmp']
+
+
+def extension_name() -> str:
+    """The name the kernel is built and cached under.
+
+    It ends in a hash of the source, the compiler flags and the torch
+    version, so an edit, another instruction set or another torch gets a
+    build of its own.
+
+    Returns:
+        str: E.g. ``'mmdet_gc_sgd_fused_0123456789ab'``.
+    """
+    digest = hashlib.sha256()
+    with open(_SOURCE, 'rb') as f:
+        digest.update(f.read())
+    digest.update(' '.join(_cflags() + _ldflags()).encode())
+    digest.update(torch.__version__.encode())
+    return f'mmdet_gc_sgd_fused_{digest.hexdigest()[:12]}'
+
+
+def _one_line(exc: BaseException) -> str:
+    """A short, single-line reason for a failed build."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(text) > 160:
+        text = text[:157] + '...'
+    for ln in lines[1:]:
+        low = ln.lower()
+        if 'error' in low or 'not found' in low:
+            text += ' | ' + (ln if len(ln) <= 160 else ln[:157] + '...')
+            break
+    return f'{type(exc).__name__}: {text}'
+
+
+def _build() -> Any:
+    from torch.utils.cpp_extension import load
+
+    # torch logs its own compiler warnings; a failure is reported in one
+    # line by the caller instead.
+    torch_log = logging.getLogger('torch.utils.cpp_extension')
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        return load(
+            name=extension_name(),
+            sources=[_SOURCE],
+            extra_cflags=_cflags(),
+            extra_ldflags=_ldflags(),
+            verbose=False)
+    finally:
+        torch_log.setLevel(level)
+
+
+def _module() -> Optional[Any]:
+    """The compiled module (built on the first call), or None."""
+    if os.environ.get(NO_BUILD_ENV, '0') not in ('', '0'):
+        return None
+    if not _state['tried']:
+        with _lock:
+            if not _state['tried']:
+                try:
+                    _state['module'] = _build()
+                except Exception as exc:  # no compiler, no ninja, ...
+                    _state['reason'] = _one_line(exc)
+                _state['tried'] = True
+    return _state['module']
+
+
+def fused_unavailable_reason() -> Optional[str]:
+    """Why the fused kernel cannot run here, or None when it can.
+
+    Builds the kernel on the first call (see :func:`fused_available`).
+
+    Returns:
+        str | None: The reason, e.g. that ``MMDET_GC_NO_BUILD`` is set or
+        the compiler's first error.
+    """
+    if os.environ.get(NO_BUILD_ENV, '0') not in ('', '0'):
+        return f'{NO_BUILD_ENV} is set'
+    if _module() is None:
+        return _state['reason']
+    return None
+
+
+def fused_available() -> bool:
+    """Whether ``fused=True`` runs the compiled kernel in this process.
+
+    The first call compiles the kernel (tens of seconds) unless a build of
+    the same source, flags and torch version is cached.
+
+    Returns:
+        bool: True when the kernel is loaded.
+    """
+    return fused_unavailable_reason() is None
+
+
+def _log_once(reason: str, fallback: str) -> None:
+    if reason in _logged:
+        return
+    _logged.add(reason)
+    from mmengine.logging import print_log
+    print_log(
+        f'mmdet_gc: fused SGD-GC kernel unavailable ({reason}); '
+        f'fused=True runs {fallback} instead',
+        logger='current',
+        level=logging.WARNING)
+
+
+def _kernel_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
+    """Whether the C++ kernel handles this centralized tensor: contiguous,
+    of one supported dtype, with a gradient and buffer of its own."""
+    if not (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
+            and g.dtype == p.dtype and g.shape == p.shape
+            and p.is_contiguous() and g.is_contiguous() and not g.is_sparse
+            and g.data_ptr() != p.data_ptr()):
+        return False
+    return buf is None or (buf.dtype == p.dtype and buf.is_contiguous()
+                           and buf.device == p.device and buf.shape == p.shape
+                           and buf.data_ptr()
+                           not in (p.data_ptr(), g.data_ptr()))
+
+
+def _torch_fused_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
+    """Whether torch's fused SGD kernel handles this plain tensor.
+
+    float32 / float64 only: torch 2.13's CPU kernel leaves float16 and
+    bfloat16 parameters unchanged (but for a few tail elements), so those
+    take torch's single-tensor kernel.
+    """
+    return (p.dtype in (torch.float32, torch.float64) and g.dtype == p.dtype
+            and not g.is_sparse and (buf is None or buf.dtype == p.dtype))
+
+
+def _take(lst: Sequence, idx: Sequence[int]) -> list:
+    return [lst[i] for i in idx]
+
+
+def fused_sgd_gc(params: List[Tensor],
+                 grads: List[Tensor],
+                 momentum_buffer_list: List[Optional[Tensor]],
+                 centralized: List[bool],
+                 *,
+                 weight_decay: float,
+                 momentum: float,
+                 lr: float,
+                 dampening: float,
+                 nesterov: bool,
+                 maximize: bool,
+                 decoupled: bool = False) -> None:
+    """SGD with GC through the compiled CPU kernel (``fused=True``).
+
+    Same update and arguments as :func:`mmdet_gc.functional.sgd_gc`, plus
+    ``decoupled``. Centralized, contiguous CPU tensors of float32, float64,
+    float16 or bfloat16 go through one call of the C++ kernel; other
+    centralized tensors (channels_last, strided, complex) take the
+    single-tensor kernel, and tensors that are not centralized take torch's
+    fused SGD kernel, so that a float32 / float64 group with GC off equals
+    ``torch.optim.SGD(fused=True)`` (torch's single-tensor kernel for other
+    dtypes).
+
+    Where the kernel cannot be built, or for tensors that are not on the
+    CPU, one line is logged per process and the step runs
+    :func:`~mmdet_gc.functional.sgd_gc` with ``foreach=False`` (CPU) or
+    ``foreach=True`` (other devices) instead.
+
+    Args:
+        params (list[Tensor]): Parameters, updated in place.
+        grads (list[Tensor]): Their dense gradients (never modified).
+        momentum_buffer_list (list[Tensor | None]): One buffer per
+            parameter, updated in place; a None entry receives a new buffer
+            (when ``momentum != 0``).
+        centralized (list[bool]): Whether GC applies to each parameter.
+        weight_decay (float): L2 penalty, or with ``decoupled`` the
+            decoupled decay of SGDW.
+        momentum (float): Momentum factor.
+        lr (float): Learning rate.
+        dampening (float): Dampening of the momentum.
+        nesterov (bool): Nesterov momentum.
+        maximize (bool): Maximize the objective instead.
+        decoupled (bool): Decoupled weight decay (SGDW): scale every
+            parameter by ``1 - lr * weight_decay`` and take the step without
+            an L2 term. Defaults to False.
+    """
+    if not params:
+        return
+    scale = 1.
+    if decoupled and weight_decay != 0:
+        scale, weight_decay = 1 - lr * weight_decay, 0.
+    hyper = dict(
+        weight_decay=weight_decay,
+        momentum=momentum,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=maximize)
+    on_cpu = all(p.device.type == 'cpu' for p in params)
+    module = _module() if on_cpu else None
+    if module is None:
+        if on_cpu:
+            _log_once(fused_unavailable_reason() or 'not built',
+                      'the single-tensor Python kernels')
+        else:
+            devices = sorted({p.device.type for p in params} - {'cpu'})
+            _log_once(
+                f'parameters on {", ".join(devices)}: it runs on CPU '
+                'tensors only', 'the foreach kernel')
+        if scale != 1.:
+            torch._foreach_mul_(params, scale)
+        sgd_gc(
+            params,
+            grads,
+            momentum_buffer_list,
+            centralized,
+            foreach=not on_cpu,
+            **hyper)
+        return
+
+    if momentum == 0:
+        bufs: List[Optional[Tensor]] = [None] * len(params)
+    else:
+        bufs = momentum_buffer_list
+    kernel = [
+        bool(c) and _kernel_takes(p, g, b)
+        for p, g, b, c in zip(params, grads, bufs, centralized)
+    ]
+    (k_idx, (k_params, k_grads,
+             k_bufs)), (rest_idx, _) = _partition(kernel, params, grads, bufs)
+    if k_idx:
+        new_bufs = module.sgd_gc_(k_params, k_grads, k_bufs, weight_decay,
+                                  momentum, lr, dampening, nesterov, maximize,
+                                  scale)
+        for i, buf in zip(k_idx, new_bufs):
+            momentum_buffer_list[i] = buf
+    if not rest_idx:
+        return
+    if scale != 1.:
+        torch._foreach_mul_(_take(params, rest_idx), scale)
+    # The rest, in groups that each kernel takes whole: centralized
+    # tensors the C++ kernel refused, plain tensors for torch's fused
+    # kernel (which needs all or none of its buffers to exist), and plain
+    # tensors it does not take.
+    groups: Dict[str, List[int]] = {}
+    for i in rest_idx:
+        if centralized[i]:
+            key = 'gc'
+        elif _torch_fused_takes(params[i], grads[i], bufs[i]):
+            key = 'fused_new' if bufs[i] is None else 'fused'
+        else:
+            key = 'plain'
+        groups.setdefault(key, []).append(i)
+    for key, idx in groups.items():
+        sub = [
+            _take(params, idx),
+            _take(grads, idx),
+            _take(momentum_buffer_list, idx)
+        ]
+        if key == 'gc':
+            _single_tensor_sgd_gc(*sub, **hyper)
+        else:
+            torch_sgd(
+                *sub, foreach=False, fused=key.startswith('fused'), **hyper)
+        if momentum != 0:
+            for i, buf in zip(idx, sub[2]):
+                momentum_buffer_list[i] = buf

@@ -1,0 +1,193 @@
+"""The wheel is the whole product: built from the sources, installed into a
+fresh venv, it carries the configs and the ``mmdet-gc`` command, and trains
+and tests without a checkout (Gradient Centralization: Yong et al., ECCV
+2020).
+
+The venv reuses this interpreter's installed dependencies through a ``.pth``
+file (nothing is downloaded), and pip still checks the wheel's requirements
+against them. Also here: the ``mmdet-gc`` dispatcher from the checkout.
+"""
+import os
+import os.path as osp
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+import torch
+
+import mmdet_gc
+from mmdet_gc.cli import COMMANDS
+from mmdet_gc.runner_utils import InputError, config_path
+
+from tool_helpers import ENV, ROOT, run_tool, tiny_config
+
+DEMO_NAME = 'demo/mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py'
+
+
+def _run(cmd, cwd, ok=True):
+    # No PYTHONPATH: the venv must find mmdet_gc in its own site-packages.
+    env = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f'{cmd} failed:\n{proc.stdout[-2000:]}\n'
+                             f'{proc.stderr[-3000:]}')
+    return proc
+
+
+@pytest.fixture(scope='module')
+def venv(tmp_path_factory):
+    """A fresh venv with the wheel built from a copy of the sources."""
+    tmp = tmp_path_factory.mktemp('wheel')
+    src = tmp / 'src'
+    ignore = shutil.ignore_patterns('__pycache__', '*.egg-info', '*.so')
+    # The sources a wheel is built from (what a source distribution holds):
+    # configs/ is reached through the package's .mim/configs link.
+    shutil.copytree(
+        osp.join(ROOT, 'mmdet_gc'), src / 'mmdet_gc', symlinks=True,
+        ignore=ignore)
+    shutil.copytree(osp.join(ROOT, 'configs'), src / 'configs', ignore=ignore)
+    for name in ('pyproject.toml', 'README.md'):
+        shutil.copy(osp.join(ROOT, name), src / name)
+    dist = tmp / 'dist'
+    _run([
+        sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+        '--no-build-isolation', '-q', '-w',
+        str(dist),
+        str(src)
+    ], cwd=tmp)
+    wheel, = dist.glob('mmdet_gc-*.whl')
+
+    env = tmp / 'venv'
+    _run([sys.executable, '-m', 'venv', '--without-pip', str(env)], cwd=tmp)
+    python = str(env / 'bin' / 'python')
+    purelib = _run([
+        python, '-c', 'import sysconfig; print(sysconfig.get_paths()'
+        '["purelib"])'
+    ], cwd=tmp).stdout.strip()
+    # Plain directories on sys.path: their own .pth files (the editable
+    # mmdet_gc of the checkout) are not processed.
+    with open(osp.join(purelib, 'deps.pth'), 'w') as f:
+        f.write('\n'.join(site.getsitepackages()) + '\n')
+    # pip of this interpreter installs into the venv and checks the wheel's
+    # requirements against what it sees there.
+    _run([
+        sys.executable, '-m', 'pip', '--python', python, 'install',
+        '--no-index', '-q',
+        str(wheel)
+    ], cwd=tmp)
+    return dict(tmp=tmp, wheel=wheel, python=python,
+                bin=str(env / 'bin'), purelib=purelib)
+
+
+def test_wheel_carries_configs_and_entry_point(venv):
+    names = zipfile.ZipFile(venv['wheel']).namelist()
+    shipped = sorted(
+        n.split('.mim/configs/')[1] for n in names if '.mim/configs/' in n)
+    ours = sorted(
+        osp.relpath(osp.join(d, f), osp.join(ROOT, 'configs'))
+        for d, _, files in os.walk(osp.join(ROOT, 'configs')) for f in files
+        if f.endswith('.py'))
+    assert shipped == ours and len(ours) >= 17
+    assert 'mmdet_gc/.mim/model-index.yml' in names
+    # The fused kernel's source, compiled on first use from the install.
+    assert 'mmdet_gc/csrc/sgd_gc_fused.cpp' in names
+    entry = [n for n in names if n.endswith('entry_points.txt')]
+    text = zipfile.ZipFile(venv['wheel']).read(entry[0]).decode()
+    assert 'mmdet-gc = mmdet_gc.cli:main' in text
+
+    out = _run([
+        venv['python'], '-c', 'import mmdet_gc; print(mmdet_gc.__file__); '
+        f'print(mmdet_gc.config_path({DEMO_NAME!r}))'
+    ], cwd=venv['tmp']).stdout.split()
+    # The installed copy, not the checkout's.
+    assert all(p.startswith(venv['purelib']) for p in out), out
+    assert osp.isfile(out[1])
+
+
+def test_wheel_trains_and_tests_from_an_inherited_config(venv, data_root):
+    """``mmdet-gc train`` / ``test`` of a config that inherits ours by
+    ``mmdet_gc::``, in a directory that is not the checkout."""
+    work = venv['tmp'] / 'run'
+    work.mkdir()
+    cfg = tiny_config(
+        work, data_root, max_iters=2, base=f'mmdet_gc::{DEMO_NAME}')
+    mmdet_gc_cmd = osp.join(venv['bin'], 'mmdet-gc')
+    _run([mmdet_gc_cmd, 'train', cfg, '--work-dir', 'w'], cwd=work)
+    ckpt = work / 'w' / 'iter_2.pth'
+    state = torch.load(ckpt, map_location='cpu')  # weights_only: plain
+    assert state['meta']['iter'] == 2
+    assert state['meta']['optimizer_type'] == 'SGD_GC'
+    out = _run([mmdet_gc_cmd, 'test', cfg,
+                str(ckpt), '--work-dir', 'wt'],
+               cwd=work)
+    assert 'coco/bbox_mAP' in out.stdout + out.stderr
+    report = _run([mmdet_gc_cmd, 'report', 'wt'], cwd=work)
+    assert '| wt |' in report.stdout
+
+
+def test_wheel_help_and_version(venv):
+    out = _run([osp.join(venv['bin'], 'mmdet-gc'), '--help'],
+               cwd=venv['tmp']).stdout
+    assert all(name in out for name in COMMANDS)
+    out = _run([osp.join(venv['bin'], 'mmdet-gc'), '--version'],
+               cwd=venv['tmp']).stdout
+    assert out.strip() == f'mmdet-gc {mmdet_gc.__version__}'
+
+
+TOOLS = {
+    'train': 'train.py',
+    'test': 'test.py',
+    'report': 'gc_report.py',
+    'study': 'gc_study.py',
+    'convert': 'convert_checkpoint.py'
+}
+
+
+@pytest.mark.parametrize('command,tool', TOOLS.items())
+def test_commands_have_the_flags_of_their_tools(command, tool):
+    by_module = run_tool('-m', 'mmdet_gc', command, '--help').stdout
+    by_tool = run_tool(f'tools/{tool}', '--help').stdout
+    assert by_module.startswith(f'usage: mmdet-gc {command} ')
+    # The same text but for the name (and where argparse wraps lines).
+    assert by_module.replace(f'mmdet-gc {command}',
+                             f'tools/{tool}').split() == by_tool.split()
+
+
+def test_unknown_command_is_one_line():
+    proc = run_tool('-m', 'mmdet_gc', 'trian', ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "mmdet-gc: error: unknown command 'trian' (one of: train, test, "
+        'report, study, convert)'
+    ]
+
+
+def test_errors_name_the_command():
+    proc = run_tool('-m', 'mmdet_gc', 'train', 'nope.py', ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == \
+        'mmdet-gc train: error: config file not found: nope.py'
+    proc = run_tool('tools/train.py', 'nope.py', ok=False)
+    assert proc.stderr.strip() == \
+        'tools/train.py: error: config file not found: nope.py'
+
+
+def test_config_path():
+    path = config_path('mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py')
+    assert osp.samefile(
+        path,
+        osp.join(ROOT, 'configs', 'mask_rcnn',
+                 'mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'))
+    with pytest.raises(InputError, match="no config 'mask_rcnn/nope.py'"):
+        config_path('mask_rcnn/nope.py')
+
+
+def test_checkout_install_has_the_command():
+    """The checkout's own install (make setup) has the command too."""
+    scripts = sysconfig.get_paths()['scripts']
+    assert osp.isfile(osp.join(scripts, 'mmdet-gc'))
