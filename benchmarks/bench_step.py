@@ -10,8 +10,9 @@ alike, and the median step time of each is printed with its ratios to the
 best torch.optim for-loop / foreach row of the same family and to torch's
 foreach row (the kernel GPU users run), with the targets checked: GC
 foreach rows within 1.10x of torch's foreach, GC on the update within 1.05x
-of the bare optimizer, the fused SGD GC kernel within 0.6x of the best
-torch step (and its ratio to torch's own fused SGD, which has no GC).
+of the bare optimizer, the fused GC kernels within 0.6x of the best
+for-loop / foreach torch step (and their ratio to torch's own fused step,
+which has no GC).
 
 Usage::
 
@@ -35,7 +36,8 @@ SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
 FOREACH_TARGET = 1.10
 #: GC on the update (any optimizer) against the optimizer bare.
 UPDATE_TARGET = 1.05
-#: The compiled SGD GC kernel against the best for-loop / foreach SGD.
+#: A compiled GC kernel against the best for-loop / foreach step of its
+#: family.
 FUSED_TARGET = 0.60
 
 
@@ -113,6 +115,10 @@ def adam_rows() -> Dict[str, Callable]:
         lambda ps: mmdet_gc.Adam_GC(ps, foreach=False, **hyper),
         'Adam_GC (foreach)':
         lambda ps: mmdet_gc.Adam_GC(ps, foreach=True, **hyper),
+        'torch.optim.Adam (fused)':
+        lambda ps: torch.optim.Adam(ps, fused=True, **hyper),
+        'Adam_GC (fused)':
+        lambda ps: mmdet_gc.Adam_GC(ps, fused=True, **hyper),
     }
 
 
@@ -129,6 +135,12 @@ def adamw_rows() -> Dict[str, Callable]:
         lambda ps: mmdet_gc.AdamW_GCC2(ps, foreach=True, **hyper),
         'AdamW_GC2 (single-tensor)':
         lambda ps: mmdet_gc.AdamW_GC2(ps, foreach=False, **hyper),
+        'torch.optim.AdamW (fused)':
+        lambda ps: torch.optim.AdamW(ps, fused=True, **hyper),
+        'AdamW_GCC2 (fused)':
+        lambda ps: mmdet_gc.AdamW_GCC2(ps, fused=True, **hyper),
+        'AdamW_GC2 (fused)':
+        lambda ps: mmdet_gc.AdamW_GC2(ps, fused=True, **hyper),
         # GC on the update of torch's own AdamW (any-optimizer hooks).
         'AdamW + GC on update (for-loop)':
         lambda ps: _on_update(torch.optim.AdamW(ps, foreach=False, **hyper)),
@@ -226,10 +238,10 @@ def main() -> None:
     print(f'Mask R-CNN R50-FPN: {n / 1e6:.1f}M trainable parameters in '
           f'{len(base)} tensors; torch {torch.__version__}, '
           f'{torch.get_num_threads()} threads')
-    if 'SGD' in args.rows:
+    if args.rows:
         # Built (or loaded from its cache) here, not in a timed step.
         reason = fused_unavailable_reason()
-        print('fused SGD GC kernel: ' +
+        print('fused GC kernels: ' +
               (f'compiled ({extension_name()})' if reason is None else
                f'NOT available ({reason}): its rows time the fallback'))
     for family in args.rows:

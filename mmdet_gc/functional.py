@@ -178,10 +178,7 @@ def sgd_gc(params: List[Tensor],
         dampening=dampening,
         nesterov=nesterov,
         maximize=maximize)
-    if fused:
-        if foreach:
-            raise ValueError('`fused` and `foreach` cannot be `True` '
-                             'together')
+    if _use_fused(fused, foreach):
         from .fused import fused_sgd_gc
         fused_sgd_gc(params, grads, momentum_buffer_list, centralized,
                      **hyper)
@@ -206,6 +203,14 @@ def sgd_gc(params: List[Tensor],
     for idx, lists in ((gc_idx, gc_lists), (plain_idx, plain_lists)):
         for i, buf in zip(idx, lists[2]):
             momentum_buffer_list[i] = buf
+
+
+def _use_fused(fused: Optional[bool], foreach: Optional[bool]) -> bool:
+    """Whether to run the compiled kernel (:mod:`mmdet_gc.fused`); it is
+    opt-in, and exclusive with ``foreach`` as torch's fused kernels are."""
+    if fused and foreach:
+        raise ValueError('`fused` and `foreach` cannot be `True` together')
+    return bool(fused)
 
 
 def _partition(mask: Sequence[bool], *lists: Sequence):
@@ -390,7 +395,8 @@ def adam_gc(params: List[Tensor],
             lr: float,
             weight_decay: float,
             eps: float,
-            maximize: bool) -> None:
+            maximize: bool,
+            fused: Optional[bool] = None) -> None:
     """Adam / AdamW with GC on the gradient or on the update.
 
     ``gc_on_update=False`` (``Adam_GC``, ``AdamW_GC``...): the gradient,
@@ -416,10 +422,12 @@ def adam_gc(params: List[Tensor],
         decoupled (bool): AdamW's decoupled weight decay instead of L2.
         amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
             torch.optim.Adam / AdamW.
+        fused (bool, optional): Use the compiled CPU kernel of
+            :func:`mmdet_gc.fused.fused_adam_gc` (built on first use; where
+            it cannot be built, one line is logged and the single-tensor
+            kernels run). ``None`` means False: the fused kernel is opt-in.
+            Defaults to None.
     """
-    torch_kernel = _torch_adamw if decoupled else _torch_adam
-    if foreach is None:
-        foreach = default_foreach(params)
     hyper = dict(
         amsgrad=amsgrad,
         beta1=beta1,
@@ -428,6 +436,23 @@ def adam_gc(params: List[Tensor],
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize)
+    if _use_fused(fused, foreach):
+        from .fused import fused_adam_gc
+        fused_adam_gc(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            centralized,
+            gc_on_update=gc_on_update,
+            decoupled=decoupled,
+            **hyper)
+        return
+    torch_kernel = _torch_adamw if decoupled else _torch_adam
+    if foreach is None:
+        foreach = default_foreach(params)
     (gc_idx, gc_lists), (plain_idx, plain_lists) = _partition(
         centralized, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
         state_steps)

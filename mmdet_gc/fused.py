@@ -1,4 +1,5 @@
-"""Fused CPU kernel of SGD with Gradient Centralization (``fused=True``).
+"""Fused CPU kernels of SGD and Adam with Gradient Centralization
+(``fused=True``).
 
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
@@ -14,39 +15,53 @@ bits of each row mean, and does not depend on the thread count; the state
 stays ``momentum_buffer``, so a state dict moves freely between the fused,
 the foreach and the single-tensor kernels.
 
-The kernel is compiled with :func:`torch.utils.cpp_extension.load` on first
-use and cached under ``TORCH_EXTENSIONS_DIR`` (torch's default:
-``~/.cache/torch_extensions``); its name carries a hash of the source, the
-compiler flags and the torch version, so a stale build is never loaded.
-Nothing is downloaded. Where it cannot be built (no compiler, no ninja, or
-``MMDET_GC_NO_BUILD=1``), one line is logged and ``fused=True`` runs the
-single-tensor Python kernels instead, with the same results as
-``fused=False, foreach=False``.
+:func:`fused_adam_gc` does the same for Adam / AdamW with GC on the
+gradient or on the update (``csrc/adam_gc_fused.cpp``): memory sees the
+gradient, the parameter and each moment about once; it rounds as
+:func:`mmdet_gc.functional._single_tensor_adam_gc2` and torch's
+single-tensor Adam do, but for the last bits of each row mean; the state
+keeps torch.optim.Adam's keys and float ``step`` tensors.
+
+Both kernels are one extension, compiled with
+:func:`torch.utils.cpp_extension.load` on first use and cached under
+``TORCH_EXTENSIONS_DIR`` (torch's default: ``~/.cache/torch_extensions``);
+its name carries a hash of the sources (``csrc/gc_fused_common.h``
+included), the compiler flags and the torch version, so a stale build is
+never loaded. Nothing is downloaded. Where it cannot be built (no
+compiler, no ninja, or ``MMDET_GC_NO_BUILD=1``), one line is logged and
+``fused=True`` runs the single-tensor Python kernels instead, with the
+same results as ``fused=False, foreach=False``.
 """
 import hashlib
 import logging
 import os
 import platform
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as torch_adam
 from torch.optim.sgd import sgd as torch_sgd
 
-from .functional import _partition, _single_tensor_sgd_gc, sgd_gc
+from .functional import _partition, _single_tensor_sgd_gc, adam_gc, sgd_gc
 
 __all__ = [
     'NO_BUILD_ENV', 'fused_available', 'fused_unavailable_reason',
-    'fused_sgd_gc', 'extension_name'
+    'fused_sgd_gc', 'fused_adam_gc', 'extension_name'
 ]
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
 #: falls back to the Python kernels).
 NO_BUILD_ENV = 'MMDET_GC_NO_BUILD'
 
-_SOURCE = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'csrc', 'sgd_gc_fused.cpp')
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
+_SOURCES = [
+    os.path.join(_CSRC, name)
+    for name in ('sgd_gc_fused.cpp', 'adam_gc_fused.cpp')
+]
+# Included by the sources: hashed with them, so that an edit rebuilds.
+_HEADERS = [os.path.join(_CSRC, 'gc_fused_common.h')]
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # The loaded module, or why there is none; filled once per process.
@@ -63,7 +78,8 @@ def _cflags() -> List[str]:
     """
     if os.name == 'nt':  # MSVC
         return ['/O2', '/fp:precise', '/openmp']
-    flags = ['-O3', '-ffp-contract=off', '-fopenmp']
+    # -fno-math-errno lets sqrt vectorize; it changes no result.
+    flags = ['-O3', '-ffp-contract=off', '-fno-math-errno', '-fopenmp']
     machine = platform.machine().lower()
     if machine in ('x86_64', 'amd64') and \
             torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512'):
@@ -79,19 +95,20 @@ def _ldflags() -> List[str]:
 def extension_name() -> str:
     """The name the kernel is built and cached under.
 
-    It ends in a hash of the source, the compiler flags and the torch
-    version, so an edit, another instruction set or another torch gets a
-    build of its own.
+    It ends in a hash of the sources (headers included), the compiler
+    flags and the torch version, so an edit, another instruction set or
+    another torch gets a build of its own.
 
     Returns:
-        str: E.g. ``'mmdet_gc_sgd_fused_0123456789ab'``.
+        str: E.g. ``'mmdet_gc_fused_0123456789ab'``.
     """
     digest = hashlib.sha256()
-    with open(_SOURCE, 'rb') as f:
-        digest.update(f.read())
+    for source in _SOURCES + _HEADERS:
+        with open(source, 'rb') as f:
+            digest.update(f.read())
     digest.update(' '.join(_cflags() + _ldflags()).encode())
     digest.update(torch.__version__.encode())
-    return f'mmdet_gc_sgd_fused_{digest.hexdigest()[:12]}'
+    return f'mmdet_gc_fused_{digest.hexdigest()[:12]}'
 
 
 def _one_line(exc: BaseException) -> str:
@@ -119,7 +136,8 @@ def _build() -> Any:
     try:
         return load(
             name=extension_name(),
-            sources=[_SOURCE],
+            sources=_SOURCES,
+            extra_include_paths=[_CSRC],
             extra_cflags=_cflags(),
             extra_ldflags=_ldflags(),
             verbose=False)
@@ -176,10 +194,29 @@ def _log_once(reason: str, fallback: str) -> None:
     _logged.add(reason)
     from mmengine.logging import print_log
     print_log(
-        f'mmdet_gc: fused SGD-GC kernel unavailable ({reason}); '
+        f'mmdet_gc: fused GC kernels unavailable ({reason}); '
         f'fused=True runs {fallback} instead',
         logger='current',
         level=logging.WARNING)
+
+
+def _module_for(params: Sequence[Tensor]) -> Tuple[Optional[Any], bool]:
+    """The compiled module for a step over ``params`` and whether they are
+    all on the CPU. Without a module (no build, or tensors elsewhere) one
+    line per reason and process says what runs instead: the single-tensor
+    Python kernels on the CPU, the foreach kernels on other devices."""
+    on_cpu = all(p.device.type == 'cpu' for p in params)
+    module = _module() if on_cpu else None
+    if module is None:
+        if on_cpu:
+            _log_once(fused_unavailable_reason() or 'not built',
+                      'the single-tensor Python kernels')
+        else:
+            devices = sorted({p.device.type for p in params} - {'cpu'})
+            _log_once(
+                f'parameters on {", ".join(devices)}: it runs on CPU '
+                'tensors only', 'the foreach kernels')
+    return module, on_cpu
 
 
 def _kernel_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
@@ -269,17 +306,8 @@ def fused_sgd_gc(params: List[Tensor],
         dampening=dampening,
         nesterov=nesterov,
         maximize=maximize)
-    on_cpu = all(p.device.type == 'cpu' for p in params)
-    module = _module() if on_cpu else None
+    module, on_cpu = _module_for(params)
     if module is None:
-        if on_cpu:
-            _log_once(fused_unavailable_reason() or 'not built',
-                      'the single-tensor Python kernels')
-        else:
-            devices = sorted({p.device.type for p in params} - {'cpu'})
-            _log_once(
-                f'parameters on {", ".join(devices)}: it runs on CPU '
-                'tensors only', 'the foreach kernel')
         if scale != 1.:
             torch._foreach_mul_(params, scale)
         sgd_gc(
@@ -338,3 +366,143 @@ def fused_sgd_gc(params: List[Tensor],
         if momentum != 0:
             for i, buf in zip(idx, sub[2]):
                 momentum_buffer_list[i] = buf
+
+
+def _adam_kernel_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
+                       step: Tensor) -> bool:
+    """Whether the C++ Adam kernel handles this centralized tensor:
+    contiguous, of one supported dtype, with a gradient and moments of its
+    own and a float CPU step count."""
+    if not (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
+            and g.dtype == p.dtype and g.shape == p.shape
+            and p.is_contiguous() and g.is_contiguous() and not g.is_sparse
+            and torch.is_tensor(step) and step.device.type == 'cpu'
+            and step.numel() == 1
+            and step.dtype in (torch.float32, torch.float64)):
+        return False
+    ptrs = {p.data_ptr(), g.data_ptr()}
+    for m in moments:
+        if not (m.dtype == p.dtype and m.shape == p.shape
+                and m.device == p.device and m.is_contiguous()
+                and m.data_ptr() not in ptrs):
+            return False
+        ptrs.add(m.data_ptr())
+    return len(ptrs) == 2 + len(moments)
+
+
+def _torch_fused_adam_takes(p: Tensor, g: Tensor,
+                            moments: Sequence[Tensor]) -> bool:
+    """Whether torch's fused Adam kernel handles this plain tensor (real
+    floating dtypes: torch 2.13's CPU kernel updates all four correctly)."""
+    return (p.dtype in _DTYPES and g.dtype == p.dtype and not g.is_sparse
+            and all(m.dtype == p.dtype for m in moments))
+
+
+def fused_adam_gc(params: List[Tensor],
+                  grads: List[Tensor],
+                  exp_avgs: List[Tensor],
+                  exp_avg_sqs: List[Tensor],
+                  max_exp_avg_sqs: List[Tensor],
+                  state_steps: List[Tensor],
+                  centralized: List[bool],
+                  *,
+                  gc_on_update: bool,
+                  decoupled: bool,
+                  amsgrad: bool,
+                  beta1: float,
+                  beta2: float,
+                  lr: float,
+                  weight_decay: float,
+                  eps: float,
+                  maximize: bool) -> None:
+    """Adam / AdamW with GC through the compiled CPU kernel
+    (``fused=True``).
+
+    Same update and arguments as :func:`mmdet_gc.functional.adam_gc`.
+    Centralized, contiguous CPU tensors of float32, float64, float16 or
+    bfloat16 go through one call of the C++ kernel; other centralized
+    tensors (channels_last, strided, complex) take the single-tensor
+    kernels, and tensors that are not centralized take torch's fused Adam /
+    AdamW kernel, so that a group with GC off equals
+    ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)`` (complex
+    ones: torch's single-tensor kernel).
+
+    Where the kernel cannot be built, or for tensors that are not on the
+    CPU, one line is logged per process and the step runs
+    :func:`~mmdet_gc.functional.adam_gc` with ``foreach=False`` (CPU) or
+    ``foreach=True`` (other devices) instead.
+
+    Args:
+        params (list[Tensor]): Parameters, updated in place.
+        grads (list[Tensor]): Their dense gradients (never modified).
+        exp_avgs, exp_avg_sqs (list[Tensor]): The moments, updated in place.
+        max_exp_avg_sqs (list[Tensor]): With ``amsgrad``, the running
+            maxima of ``exp_avg_sqs``; an empty list otherwise.
+        state_steps (list[Tensor]): Float step counts, incremented in place.
+        centralized (list[bool]): Whether GC applies to each parameter.
+        gc_on_update (bool): Centralize the update instead of the gradient.
+        decoupled (bool): AdamW's decoupled weight decay instead of L2.
+        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
+            torch.optim.Adam / AdamW.
+    """
+    if not params:
+        return
+    hyper = dict(
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize)
+    lists = [
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+    ]
+    module, on_cpu = _module_for(params)
+    if module is None:
+        adam_gc(
+            *lists,
+            centralized,
+            foreach=not on_cpu,
+            gc_on_update=gc_on_update,
+            decoupled=decoupled,
+            **hyper)
+        return
+
+    def moments(i: int) -> List[Tensor]:
+        return [exp_avgs[i], exp_avg_sqs[i]] + \
+            ([max_exp_avg_sqs[i]] if amsgrad else [])
+
+    kernel = [
+        bool(centralized[i])
+        and _adam_kernel_takes(params[i], grads[i], moments(i),
+                               state_steps[i]) for i in range(len(params))
+    ]
+    (k_idx, k_lists), (rest_idx, _) = _partition(kernel, *lists)
+    if k_idx:
+        module.adam_gc_(*k_lists, gc_on_update, decoupled, amsgrad, beta1,
+                        beta2, lr, weight_decay, eps, maximize)
+    # The rest: plain tensors for torch's fused kernel, and the tensors no
+    # fused kernel takes (the single-tensor kernels).
+    groups: Dict[bool, List[int]] = {}
+    for i in rest_idx:
+        torch_fused = not centralized[i] and _torch_fused_adam_takes(
+            params[i], grads[i], moments(i))
+        groups.setdefault(torch_fused, []).append(i)
+    for torch_fused, idx in groups.items():
+        sub = [_take(lst, idx) if lst else [] for lst in lists]
+        if torch_fused:
+            torch_adam(
+                *sub,
+                foreach=False,
+                fused=True,
+                decoupled_weight_decay=decoupled,
+                **hyper)
+        else:
+            adam_gc(
+                *sub,
+                _take(centralized, idx),
+                foreach=False,
+                gc_on_update=gc_on_update,
+                decoupled=decoupled,
+                **hyper)

@@ -32,7 +32,7 @@ def apply_gc(cfg: Config, name: str) -> None:
     Every other optimizer argument (lr, momentum, weight decay, ...) and the
     rest of ``optim_wrapper`` (clipping, ``paramwise_cfg``) stay as they
     are, so a run differs from its baseline in GC only. ``fused=True``
-    stays for the SGD family (:mod:`mmdet_gc.fused`) and becomes
+    stays for the SGD and Adam families (:mod:`mmdet_gc.fused`) and becomes
     ``foreach=True`` for the others (said on stderr).
 
     Args:
@@ -63,7 +63,7 @@ def apply_gc(cfg: Config, name: str) -> None:
     if optimizer.get('fused') and 'fused' in GC_OPTIMIZERS[name].torch_modes:
         # GC needs each row's mean, which torch's fused kernels do not
         # compute; the multi-tensor kernel is the nearest path (the SGD
-        # family has a fused kernel of its own and keeps fused=True).
+        # and Adam families have fused kernels of their own and keep it).
         optimizer.pop('fused')
         optimizer['foreach'] = True
         print(

@@ -1,6 +1,10 @@
 """Fixtures shared by the test modules."""
-import pytest
+import logging
 
+import pytest
+from mmengine.logging import MMLogger
+
+import mmdet_gc.fused as fused_mod
 from mmdet_gc.data import make_synthetic_coco
 
 
@@ -10,3 +14,34 @@ def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('coco'))
     make_synthetic_coco(root, num_train=8, num_val=4, size=64, max_objects=2)
     return root
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    """Skip where the fused kernel cannot be built (the fallback tests
+    run)."""
+    reason = fused_mod.fused_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f'the fused kernel cannot be built here: {reason}')
+
+
+class _Records(logging.Handler):
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def log_lines(monkeypatch):
+    """The messages logged through MMEngine's current logger (each of
+    mmdet_gc.fused's lines once more)."""
+    monkeypatch.setattr(fused_mod, '_logged', set())
+    logger = MMLogger.get_current_instance()
+    handler = _Records()
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)

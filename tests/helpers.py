@@ -280,3 +280,245 @@ def reference_for(name):
             **h)
 
     return ref
+
+
+# --------------------------------------------------------------------------
+# The fused kernels (test_fused.py, test_fused_adam.py); their fixtures
+# ``kernel`` and ``log_lines`` are in conftest.py.
+# --------------------------------------------------------------------------
+
+
+def fused_grads_at(step, params):
+    """The gradients of ``grad_for`` ('fc' has none on every third step),
+    and a first one that appears late: 'conv_dw' has none on the first two
+    steps (step counts and first buffers differ between tensors)."""
+    out = {}
+    for k, p in params.items():
+        g = grad_for(k, step, p.shape, p.dtype)
+        out[k] = None if k == 'conv_dw' and step < 2 else g
+    return out
+
+
+def set_fused_grads(step, ours, spec):
+    """:func:`fused_grads_at` into both parameter sets (``spec`` gets
+    copies); returns copies of ``ours``' gradients, to check that a step
+    leaves them untouched."""
+    grads = fused_grads_at(step, ours)
+    for k in ours:
+        ours[k].grad = grads[k]
+        spec[k].grad = None if grads[k] is None else grads[k].clone()
+    return {k: g.clone() for k, g in grads.items() if g is not None}
+
+
+def assert_within_ulps(ours, spec, dtype, msg, ulps):
+    """``ours`` is within ``ulps`` units of eps(dtype) times the largest
+    magnitude of ``spec``."""
+    eps = torch.finfo(dtype).eps
+    scale = spec.detach().abs().max().double().item() or 1.
+    torch.testing.assert_close(
+        ours.detach().double(),
+        spec.detach().double(),
+        rtol=0,
+        atol=ulps * eps * scale,
+        msg=msg)
+
+
+def centralized_row_means(params, conv_only):
+    """The names of the weights GC centralizes, the dims of their rows and
+    their row means (float64)."""
+    cen = {k for k, p in params.items() if p.dim() > (3 if conv_only else 1)}
+    dims = {k: tuple(range(1, params[k].dim())) for k in cen}
+    before = {k: params[k].detach().double().mean(dims[k]) for k in cen}
+    return cen, dims, before
+
+
+def assert_row_means_kept(params, cen, dims, before, dtype):
+    """The weights moved, their row means (``centralized_row_means``) did
+    not."""
+    atol = 1e-12 if dtype == torch.float64 else 1e-5
+    for k in cen:
+        p = params[k].detach().double()
+        assert (p - p.mean(dims[k], keepdim=True)).abs().max() > 0.1, k
+        torch.testing.assert_close(
+            p.mean(dims[k]), before[k], rtol=0, atol=atol, msg=k)
+
+
+def rebuilt(cls, params, state_dict, hyper, **mode):
+    """A new optimizer of another kernel, from a saved state. torch.optim
+    restores ``foreach`` / ``fused`` from the state dict: set them back."""
+    opt = cls(params, **hyper, **mode)
+    opt.load_state_dict(copy.deepcopy(state_dict))
+    for group in opt.param_groups:
+        group.update(fused=mode.get('fused'), foreach=mode.get('foreach'))
+    return opt
+
+
+def check_state_dict_moves(cls, hyper, stage_steps, state_keys, rtol, atol,
+                           resume_at, steps):
+    """The state dict of ``cls`` moves fused -> foreach -> single-tensor ->
+    fused (``stage_steps`` steps each) without leaving the single-tensor
+    trajectory, and resuming the fused kernel from its own state (saved
+    after ``resume_at`` of ``steps`` steps) changes no bit."""
+    modes = [
+        dict(fused=True),
+        dict(foreach=True),
+        dict(foreach=False),
+        dict(fused=True)
+    ]
+    spec = make_params()
+    ref = cls(spec.values(), foreach=False, **hyper)
+    moved = make_params()
+    opt = None
+    for stage, mode in enumerate(modes):
+        if opt is None:
+            opt = cls(moved.values(), **hyper, **mode)
+        else:
+            opt = rebuilt(cls, list(moved.values()), opt.state_dict(), hyper,
+                          **mode)
+        for step in range(stage_steps * stage, stage_steps * (stage + 1)):
+            set_grads(spec, step)
+            set_grads(moved, step)
+            ref.step()
+            opt.step()
+        for k in spec:
+            torch.testing.assert_close(
+                moved[k], spec[k], rtol=rtol, atol=atol, msg=(k, mode))
+            s_opt, s_ref = opt.state[moved[k]], ref.state[spec[k]]
+            assert s_opt.keys() == s_ref.keys() == set(state_keys)
+            for key in s_ref:
+                torch.testing.assert_close(
+                    s_opt[key],
+                    s_ref[key],
+                    rtol=rtol,
+                    atol=atol,
+                    msg=(k, key, mode))
+    straight, resumed = make_params(), make_params()
+    a = cls(straight.values(), fused=True, **hyper)
+    b = cls(resumed.values(), fused=True, **hyper)
+    for step in range(steps):
+        if step == resume_at:
+            b = rebuilt(
+                cls, list(resumed.values()), b.state_dict(), hyper, fused=True)
+        set_grads(straight, step)
+        set_grads(resumed, step)
+        a.step()
+        b.step()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def _run_threads(make_opt, threads):
+    g = torch.Generator().manual_seed(5)
+    shapes = [((64, 64, 3, 3), torch.float32), ((300, 700), torch.float32),
+              ((96, 32, 3, 3), torch.float64),
+              ((64, 48, 3, 3), torch.bfloat16), ((7, 5), torch.float16),
+              ((1, 70000), torch.float32), ((64, ), torch.float32)]
+    params = [
+        torch.randn(s, generator=g).to(dt).requires_grad_() for s, dt in shapes
+    ]
+    opt = make_opt(params)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step()
+    finally:
+        torch.set_num_threads(previous)
+    return [p.detach().clone() for p in params] + [
+        t.clone() for p in params for t in opt.state[p].values()
+    ]
+
+
+def assert_same_bits_on_one_and_two_threads(make_opt):
+    """Three fused steps of ``make_opt(params)`` over tensors of every
+    dtype, large and small, give the same parameters and state on one
+    thread and on two; the thread count is restored."""
+    previous = torch.get_num_threads()
+    one, two = _run_threads(make_opt, 1), _run_threads(make_opt, 2)
+    assert torch.get_num_threads() == previous
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def check_odd_layouts_take_the_single_tensor_kernel(cls, hyper):
+    """channels_last, strided and empty weights are left to the spec: the
+    fused optimizer equals the single-tensor one bit for bit."""
+
+    def make():
+        g = torch.Generator().manual_seed(1)
+        conv = torch.randn(8, 4, 3, 3, generator=g, dtype=DT)
+        fc = torch.randn(6, 5, generator=g, dtype=DT)
+        return [
+            conv.to(memory_format=torch.channels_last).requires_grad_(),
+            fc.t().requires_grad_(),
+            torch.zeros(0, 3, dtype=DT, requires_grad=True),
+        ]
+
+    ours, spec = make(), make()
+    assert not ours[0].is_contiguous() and not ours[1].is_contiguous()
+    opt = cls(ours, fused=True, **hyper)
+    ref = cls(spec, foreach=False, **hyper)
+    g = torch.Generator().manual_seed(2)
+    for step in range(4):
+        for p, q in zip(ours, spec):
+            p.grad = torch.randn(p.shape, generator=g, dtype=DT)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+        for p, q in zip(ours, spec):
+            assert torch.equal(p, q)
+            assert opt.state[p].keys() == ref.state[q].keys()
+            for key, value in ref.state[q].items():
+                assert torch.equal(opt.state[p][key], value), key
+
+
+def assert_fused_refused_with(cls, p, option):
+    """``fused=True`` is refused with ``foreach=True`` (for the optimizer
+    or a group) and with ``option=True``."""
+    import pytest
+    with pytest.raises(ValueError, match='`fused` and `foreach`'):
+        cls([p], lr=0.1, fused=True, foreach=True)
+    with pytest.raises(ValueError, match='`fused` and `foreach`'):
+        cls([dict(params=[p], foreach=True)], lr=0.1, fused=True)
+    with pytest.raises(ValueError, match=f'{option}=True'):
+        cls([p], lr=0.1, fused=True, **{option: True})
+
+
+def break_the_build(monkeypatch, how):
+    """Make the fused kernel unavailable: ``how`` is 'env' (the opt-out
+    variable) or 'no_compiler' (the build fails). Returns what the logged
+    line must name."""
+    import torch.utils.cpp_extension
+
+    import mmdet_gc.fused as fused_mod
+    if how == 'env':
+        monkeypatch.setenv(fused_mod.NO_BUILD_ENV, '1')
+        return fused_mod.NO_BUILD_ENV
+    monkeypatch.delenv(fused_mod.NO_BUILD_ENV, raising=False)
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError(
+            "Error building extension 'x': [1/2] c++ -c x.cpp\n"
+            '/bin/sh: 1: c++: not found\nninja: build stopped')
+
+    monkeypatch.setattr(torch.utils.cpp_extension, 'load', no_compiler)
+    monkeypatch.setattr(fused_mod, '_state',
+                        dict(tried=False, module=None, reason=None))
+    return 'c++: not found'
+
+
+def check_fallback(classes, hyper, steps, messages, expected):
+    """With the kernel unavailable, ``fused=True`` equals the single-tensor
+    kernel bit for bit, and one line is logged that names ``expected``."""
+    for cls in classes:
+        a, b = make_params(), make_params()
+        ours = cls(a.values(), fused=True, **hyper)
+        spec = cls(b.values(), foreach=False, **hyper)
+        assert_same_as(ours, a, spec, b, steps)
+    ours = [m for m in messages if 'mmdet_gc' in m]
+    assert len(ours) == 1, messages
+    assert '\n' not in ours[0]
+    assert expected in ours[0] and 'single-tensor' in ours[0]

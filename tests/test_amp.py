@@ -89,9 +89,11 @@ def test_gc_sees_unscaled_gradients(dtype, cfg):
 
 
 @pytest.mark.parametrize(
-    'cfg', [SGD, ANY, ANY_UPDATE],
-    ids=['SGD_GC', 'any-optimizer', 'any-optimizer-on-update'])
+    'cfg', [SGD, dict(SGD, fused=True), ANY, ANY_UPDATE],
+    ids=['SGD_GC', 'SGD_GC-fused', 'any-optimizer', 'any-optimizer-on-update'])
 def test_a_step_with_an_inf_gradient_is_skipped(cfg):
+    # Fused or not, the GC optimizers leave the inf check to the scaler
+    # (no _step_supports_amp_scaling), which skips the whole step.
     net = model()
     kwargs = dict(optimizer=cfg) if 'type' in cfg else dict(cfg)
     wrapper = amp_wrapper(net, **kwargs)

@@ -186,19 +186,23 @@ def test_gc_flag_switches_any_mmdet_config():
 
 
 def test_gc_flag_on_a_fused_config(capsys):
-    """SGD keeps fused=True (a kernel of ours); AdamW, which has none,
-    switches to foreach and says so."""
+    """SGD and AdamW keep fused=True (kernels of ours); Adagrad, which has
+    none, switches to foreach and says so."""
     cfg = Config.fromfile(
         mmdet_config_path('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'))
-    cfg.optim_wrapper.optimizer.fused = True
-    apply_gc(cfg, 'SGD_GC')
-    assert cfg.optim_wrapper.optimizer.fused is True
-    assert capsys.readouterr().err == ''
     detr = Config.fromfile(
         mmdet_config_path('detr/detr_r50_8xb2-150e_coco.py'))
-    detr.optim_wrapper.optimizer.fused = True
-    apply_gc(detr, 'AdamW_GC2')
-    opt = detr.optim_wrapper.optimizer
+    for config, name in ((cfg, 'SGD_GC'), (detr, 'AdamW_GC2')):
+        config.optim_wrapper.optimizer.fused = True
+        apply_gc(config, name)
+        assert config.optim_wrapper.optimizer.fused is True
+    assert capsys.readouterr().err == ''
+    ada = Config(
+        dict(
+            optim_wrapper=dict(
+                optimizer=dict(type='Adagrad', lr=0.01, fused=True))))
+    apply_gc(ada, 'Adagrad_GC')
+    opt = ada.optim_wrapper.optimizer
     assert 'fused' not in opt and opt.foreach is True
     err = capsys.readouterr().err
     assert 'fused=True' in err and 'foreach=True' in err

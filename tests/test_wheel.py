@@ -96,6 +96,7 @@ def test_wheel_carries_configs_and_entry_point(venv):
     assert 'mmdet_gc/.mim/model-index.yml' in names
     # The fused kernel's source, compiled on first use from the install.
     assert 'mmdet_gc/csrc/sgd_gc_fused.cpp' in names
+    assert 'mmdet_gc/csrc/gc_fused_common.h' in names
     entry = [n for n in names if n.endswith('entry_points.txt')]
     text = zipfile.ZipFile(venv['wheel']).read(entry[0]).decode()
     assert 'mmdet-gc = mmdet_gc.cli:main' in text

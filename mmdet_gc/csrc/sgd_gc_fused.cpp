@@ -31,56 +31,22 @@
 //
 // Parameters p and buffers are updated in place; gradients are read only.
 // The Python side (mmdet_gc/fused.py) only passes contiguous CPU tensors of
-// one dtype per parameter and routes everything else elsewhere.
+// one dtype per parameter and routes everything else elsewhere. The module
+// defined at the end of this file also binds the Adam kernel of
+// adam_gc_fused.cpp (both sources make one extension).
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define MMDET_GC_RESTRICT __restrict__
-#define MMDET_GC_PREFETCH(ptr) __builtin_prefetch((ptr), 1, 3)
-#else
-#define MMDET_GC_RESTRICT __restrict
-#define MMDET_GC_PREFETCH(ptr) ((void)(ptr))
-#endif
+#include "gc_fused_common.h"
 
 namespace {
 
-// ``a * b + c`` rounded once where the CPU has FMA (as ATen's vectorized
-// kernels compute it), twice otherwise (as ATen's scalar kernels do).
-template <typename O>
-inline O fmadd(O a, O b, O c) {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__aarch64__)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-
-template <typename T>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-
-// The value of ``x`` once stored in a tensor of dtype T, read back.
-template <typename T, typename O>
-inline O rnd(O x) {
-  return static_cast<O>(static_cast<T>(x));
-}
+// fmadd, OpMath, rnd, RowSum, RowTasks...: gc_fused_common.h.
+using namespace mmdet_gc::fused;  // NOLINT(build/namespaces)
 
 // What the momentum buffer does, fixed per tensor so that the row loops
 // have no branches.
@@ -141,20 +107,14 @@ inline typename OpMath<T>::type decayed(T g, T p, const Consts<T>& k) {
   return static_cast<O>(g);
 }
 
-// Mean of d over one row, summed in double in a fixed order: eight
-// interleaved partial sums, each with the rounding error of every addition
-// carried along (Knuth's TwoSum) for float64 rows; a plain double sum of
-// float values is already far below float's precision.
+// Mean of d over one row, summed in double in a fixed order (RowSum).
 // ``ahead`` (the row's momentum buffer, or null) is prefetched on the way,
 // so that the second pass finds all of its inputs in cache.
 template <typename T, bool WD>
 inline typename OpMath<T>::type row_mean(const T* g, const T* p, int64_t n,
                                          const Consts<T>& k,
                                          const T* ahead) {
-  using O = typename OpMath<T>::type;
-  constexpr bool kCompensate = std::is_same<T, double>::value;
-  double acc[8] = {0., 0., 0., 0., 0., 0., 0., 0.};
-  double err[8] = {0., 0., 0., 0., 0., 0., 0., 0.};
+  RowSum<T> s;
   // Blocks of 512 elements: the prefetches stay out of the summing loop,
   // which the compiler vectorizes.
   constexpr int64_t kBlock = 512;
@@ -168,31 +128,14 @@ inline typename OpMath<T>::type row_mean(const T* g, const T* p, int64_t n,
     }
     for (int64_t i = start; i < end; i += 8) {
       for (int j = 0; j < 8; ++j) {
-        const double x =
-            static_cast<double>(decayed<T, WD>(g[i + j], p[i + j], k));
-        if (kCompensate) {
-          const double s = acc[j] + x;
-          const double bv = s - acc[j];
-          err[j] += (acc[j] - (s - bv)) + (x - bv);
-          acc[j] = s;
-        } else {
-          acc[j] += x;
-        }
+        s.add(j, static_cast<double>(decayed<T, WD>(g[i + j], p[i + j], k)));
       }
     }
   }
-  int64_t i = n8;
-  double tail = 0.;
-  for (; i < n; ++i) {
-    tail += static_cast<double>(decayed<T, WD>(g[i], p[i], k));
+  for (int64_t i = n8; i < n; ++i) {
+    s.tail += static_cast<double>(decayed<T, WD>(g[i], p[i], k));
   }
-  const double sum = (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-                      ((acc[4] + acc[5]) + (acc[6] + acc[7]))) +
-      ((((err[0] + err[1]) + (err[2] + err[3])) +
-        ((err[4] + err[5]) + (err[6] + err[7]))) +
-       tail);
-  // torch: sum in the accumulation dtype, then divide by the count.
-  return static_cast<O>(sum) / static_cast<O>(n);
+  return s.mean(n);
 }
 
 // Both passes over one row: the mean, then the new buffer and parameter.
@@ -284,12 +227,7 @@ void rows(const at::Tensor& grad, const at::Tensor& param,
   }
 }
 
-struct Task {
-  int64_t tensor, r0, r1;
-};
-
-// About this many elements per task: small enough to balance two or more
-// threads, large enough that a task costs far more than its scheduling.
+// About this many elements per task (RowTasks).
 constexpr int64_t kTaskElems = 1 << 15;
 
 }  // namespace
@@ -314,9 +252,7 @@ std::vector<at::Tensor> sgd_gc_(
                 maximize};
   std::vector<at::Tensor> bufs;
   std::vector<int> modes(num, kNone);
-  std::vector<Task> tasks;
-  std::vector<int64_t> starts;  // first element of each task, all tensors
-  int64_t total = 0;
+  RowTasks tasks(kTaskElems);
   for (size_t t = 0; t < num; ++t) {
     const at::Tensor& p = params[t];
     const at::Tensor& g = grads[t];
@@ -328,9 +264,8 @@ std::vector<at::Tensor> sgd_gc_(
                 "sgd_gc_: param ", t, " and its grad must be contiguous "
                 "tensors of one shape and dtype");
     const auto dtype = p.scalar_type();
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble ||
-                    dtype == at::kHalf || dtype == at::kBFloat16,
-                "sgd_gc_: unsupported dtype ", dtype);
+    TORCH_CHECK(supported_dtype(dtype), "sgd_gc_: unsupported dtype ",
+                dtype);
     if (momentum != 0.) {
       const auto& given = momentum_buffers[t];
       if (given.has_value() && given->defined()) {
@@ -346,64 +281,38 @@ std::vector<at::Tensor> sgd_gc_(
         modes[t] = kFirst;
       }
     }
-    const int64_t numel = p.numel();
-    if (numel == 0) {
-      continue;
-    }
-    const int64_t nrows = p.size(0);
-    const int64_t n = numel / nrows;
-    const int64_t step = std::max<int64_t>(1, kTaskElems / n);
-    for (int64_t r = 0; r < nrows; r += step) {
-      const int64_t r1 = std::min(nrows, r + step);
-      tasks.push_back({static_cast<int64_t>(t), r, r1});
-      starts.push_back(total);
-      total += (r1 - r) * n;
-    }
+    tasks.add(static_cast<int64_t>(t), p);
   }
   const at::Tensor none;
-  auto run = [&](const Task& task) {
+  tasks.run([&](const RowTask& task) {
     const int64_t t = task.tensor;
     const at::Tensor& p = params[t];
     const int64_t n = p.numel() / p.size(0);
     const at::Tensor& b = momentum != 0. ? bufs[t] : none;
-    switch (p.scalar_type()) {
-      case at::kFloat:
-        rows<float>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
-        break;
-      case at::kDouble:
-        rows<double>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
-        break;
-      case at::kHalf:
-        rows<c10::Half>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
-        break;
-      case at::kBFloat16:
-        rows<c10::BFloat16>(grads[t], p, b, task.r0, task.r1, n, modes[t],
-                            h);
-        break;
-      default:
-        TORCH_CHECK(false, "sgd_gc_: unsupported dtype ", p.scalar_type());
-    }
-  };
-  // Each thread takes the tasks that start inside its range of elements:
-  // the tasks, and so every result, do not depend on the thread count.
-  at::parallel_for(0, total, kTaskElems, [&](int64_t begin, int64_t end) {
-    auto first = std::lower_bound(starts.begin(), starts.end(), begin);
-    auto last = std::lower_bound(first, starts.end(), end);
-    for (auto it = first; it != last; ++it) {
-      run(tasks[it - starts.begin()]);
-    }
+    dispatch_dtype(p.scalar_type(), "sgd_gc_", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      rows<T>(grads[t], p, b, task.r0, task.r1, n, modes[t], h);
+    });
   });
   // In-place updates, as ATen's in-place ops record them for autograd.
   for (size_t t = 0; t < num; ++t) {
-    if (!params[t].is_inference()) {
-      params[t].unsafeGetTensorImpl()->bump_version();
-    }
-    if (momentum != 0. && modes[t] != kFirst && !bufs[t].is_inference()) {
-      bufs[t].unsafeGetTensorImpl()->bump_version();
+    bump_version(params[t]);
+    if (momentum != 0. && modes[t] != kFirst) {
+      bump_version(bufs[t]);
     }
   }
   return bufs;
 }
+
+// Adam / AdamW with GC, in adam_gc_fused.cpp (one extension, one module).
+void adam_gc_(const std::vector<at::Tensor>& params,
+              const std::vector<at::Tensor>& grads,
+              const std::vector<at::Tensor>& exp_avgs,
+              const std::vector<at::Tensor>& exp_avg_sqs,
+              const std::vector<at::Tensor>& max_exp_avg_sqs,
+              const std::vector<at::Tensor>& state_steps, bool on_update,
+              bool decoupled, bool amsgrad, double beta1, double beta2,
+              double lr, double weight_decay, double eps, bool maximize);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The GIL is released while the kernel runs, as ATen's ops do.
@@ -416,4 +325,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("momentum"), pybind11::arg("lr"),
         pybind11::arg("dampening"), pybind11::arg("nesterov"),
         pybind11::arg("maximize"), pybind11::arg("scale"));
+  m.def("adam_gc_", &adam_gc_,
+        "Adam / AdamW with Gradient Centralization over centralized CPU "
+        "tensors (in place, step counts included)",
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        pybind11::arg("params"), pybind11::arg("grads"),
+        pybind11::arg("exp_avgs"), pybind11::arg("exp_avg_sqs"),
+        pybind11::arg("max_exp_avg_sqs"), pybind11::arg("state_steps"),
+        pybind11::arg("on_update"), pybind11::arg("decoupled"),
+        pybind11::arg("amsgrad"), pybind11::arg("beta1"),
+        pybind11::arg("beta2"), pybind11::arg("lr"),
+        pybind11::arg("weight_decay"), pybind11::arg("eps"),
+        pybind11::arg("maximize"));
 }

@@ -62,8 +62,14 @@ class _AdamGCBase(GCOptimizer):
         maximize (bool): Maximize the objective. Defaults to False.
         foreach (bool, optional): Multi-tensor kernels; ``None`` chooses as
             torch.optim does.
-        capturable, differentiable, fused: torch.optim's modes, accepted
-            at their off values only (use ``foreach`` instead).
+        fused (bool, optional): Use the compiled CPU kernel of
+            :mod:`mmdet_gc.fused` (parallel over weight rows; compiled on
+            first use and cached). Where it cannot be built, and for
+            tensors off the CPU, one line is logged and the Python kernels
+            run. ``None`` / False: the Python kernels (opt-in, as torch's
+            fused Adam). Cannot be True together with ``foreach``.
+        capturable, differentiable: torch.optim's modes, accepted at their
+            off values only (use ``foreach`` instead).
         decoupled_weight_decay (bool, optional): As torch.optim.Adam; must
             match the class (``AdamW_*`` are the decoupled ones).
         gc (bool): Apply GC at all (a param-group key). Defaults to True.
@@ -77,7 +83,8 @@ class _AdamGCBase(GCOptimizer):
     #: Centralize the update (the "2" variants) instead of the gradient.
     gc_on_update: bool = False
 
-    torch_modes = ('fused', 'capturable', 'differentiable')
+    #: ``fused`` is supported (:mod:`mmdet_gc.fused`).
+    torch_modes = ('capturable', 'differentiable')
 
     def __init__(self,
                  params: Any,
@@ -133,6 +140,7 @@ class _AdamGCBase(GCOptimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault('amsgrad', False)
+            group.setdefault('fused', None)
 
     def _update_group(self, group: dict, params: List[Tensor],
                       grads: List[Tensor], centralized: List[bool]) -> None:
@@ -159,6 +167,7 @@ class _AdamGCBase(GCOptimizer):
             [s['step'] for s in states],
             centralized,
             foreach=group['foreach'],
+            fused=group['fused'] and bool(params),
             gc_on_update=self.gc_on_update,
             decoupled=self.decoupled,
             amsgrad=amsgrad,

@@ -109,6 +109,12 @@ class GCOptimizer(Optimizer):
                     'GC needs the mean of each weight row, which torch\'s '
                     f'{mode} path does not compute. Leave {mode} unset; '
                     'foreach=True gives the multi-tensor kernel')
+        if all(
+                param_group.get(k, self.defaults.get(k))
+                for k in ('fused', 'foreach')):
+            # Our fused kernels (mmdet_gc.fused), as torch says of its own.
+            raise ValueError(f'{type(self).__name__}: `fused` and '
+                             '`foreach` cannot be `True` together')
         super().add_param_group(param_group)
         warn_if_flattened(self.param_groups[-1]['params'], type(self).__name__)
 

@@ -103,14 +103,6 @@ class SGD_GC(GCOptimizer):
             gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict) -> None:
-        if all(
-                param_group.get(k, self.defaults.get(k))
-                for k in ('fused', 'foreach')):
-            raise ValueError(f'{type(self).__name__}: `fused` and '
-                             '`foreach` cannot be `True` together')
-        super().add_param_group(param_group)
-
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
