@@ -116,7 +116,10 @@ def test_save_best_survives_resume(tmp_path, data_root):
     assert bests == [info4['best_ckpt']]
 
 
-def test_ddp_two_processes_on_cpu_stay_in_sync(tmp_path, data_root):
+@pytest.mark.parametrize('launch', ['dist_train.sh', 'torchrun -m'])
+def test_ddp_two_processes_on_cpu_stay_in_sync(launch, tmp_path, data_root):
+    """tools/dist_train.sh, and torchrun of the installed command
+    (``torchrun -m mmdet_gc train``, what a wheel user runs)."""
     cfg = tiny_config(
         tmp_path,
         data_root,
@@ -132,8 +135,17 @@ def test_ddp_two_processes_on_cpu_stay_in_sync(tmp_path, data_root):
         PYTHON=sys.executable,
         PORT='29517',
         PYTHONPATH=osp.join(ROOT, 'tests'))
+    if launch == 'dist_train.sh':
+        cmd = ['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work]
+    else:
+        cmd = [
+            sys.executable, '-m', 'torch.distributed.run',
+            '--nproc_per_node=2', f'--master_port={env["PORT"]}', '-m',
+            'mmdet_gc', 'train', cfg, '--launcher', 'pytorch', '--work-dir',
+            work
+        ]
     proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
+        cmd,
         cwd=ROOT,
         env=env,
         capture_output=True,
