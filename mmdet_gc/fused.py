@@ -34,6 +34,7 @@ same results as ``fused=False, foreach=False``.
 """
 import hashlib
 import logging
+import math
 import os
 import platform
 import threading
@@ -219,6 +220,54 @@ def _module_for(params: Sequence[Tensor]) -> Tuple[Optional[Any], bool]:
     return module, on_cpu
 
 
+def _span(t: Tensor) -> Tuple[int, int]:
+    """The bytes a tensor may touch: exactly for a contiguous one, its
+    whole storage otherwise."""
+    if t.is_contiguous():
+        start = t.data_ptr()
+        return start, start + t.numel() * t.element_size()
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _shares_written_memory(
+        entries: Sequence[Tuple[Sequence[Optional[Tensor]],
+                                Sequence[Tensor]]]) -> bool:
+    """Whether a tensor that one entry writes overlaps memory of another
+    entry (``entries``: per parameter, the tensors its step writes and
+    those it reads).
+
+    The kernels update the rows of all parameters in parallel, the
+    specification one parameter after the other; where parameters share
+    memory (views of one tensor, a gradient that is another parameter)
+    the order matters, so such a step runs the specification. Gradients
+    that only share a storage without overlapping (DDP's bucket views) do
+    not count.
+    """
+    spans = []
+    for i, (written, read) in enumerate(entries):
+        for t, w in [(t, True) for t in written] + [(t, False) for t in read]:
+            if t is not None and t.numel() > 0:
+                spans.append((*_span(t), i, w))
+    spans.sort(key=lambda s: s[:2])
+    active: List[Tuple[int, int, bool]] = []
+    for start, end, i, w in spans:
+        active = [a for a in active if a[0] > start]
+        if any(j != i and (w or aw) for _, j, aw in active):
+            return True
+        active.append((end, i, w))
+    return False
+
+
+def _half_safe(*values: float) -> bool:
+    """Whether every hyper-parameter value fits float16: a kernel rounds
+    its scalars to a float16 tensor's dtype where ATen does, and ATen
+    refuses one that overflows; the specification then says so."""
+    return all(
+        abs(v) <= torch.finfo(torch.float16).max for v in values
+        if math.isfinite(v))
+
+
 def _kernel_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
     """Whether the C++ kernel handles this centralized tensor: contiguous,
     of one supported dtype, with a gradient and buffer of its own."""
@@ -306,8 +355,14 @@ def fused_sgd_gc(params: List[Tensor],
         dampening=dampening,
         nesterov=nesterov,
         maximize=maximize)
+    if momentum == 0:
+        bufs: List[Optional[Tensor]] = [None] * len(params)
+    else:
+        bufs = momentum_buffer_list
     module, on_cpu = _module_for(params)
-    if module is None:
+    if module is None or _shares_written_memory([
+            ([p, b], [g]) for p, g, b in zip(params, grads, bufs)
+    ]):
         if scale != 1.:
             torch._foreach_mul_(params, scale)
         sgd_gc(
@@ -319,12 +374,10 @@ def fused_sgd_gc(params: List[Tensor],
             **hyper)
         return
 
-    if momentum == 0:
-        bufs: List[Optional[Tensor]] = [None] * len(params)
-    else:
-        bufs = momentum_buffer_list
+    half_ok = _half_safe(weight_decay, momentum, lr, 1 - dampening)
     kernel = [
-        bool(c) and _kernel_takes(p, g, b)
+        bool(c) and _kernel_takes(p, g, b) and
+        (p.dtype != torch.float16 or half_ok)
         for p, g, b, c in zip(params, grads, bufs, centralized)
     ]
     (k_idx, (k_params, k_grads,
@@ -458,8 +511,16 @@ def fused_adam_gc(params: List[Tensor],
     lists = [
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
     ]
+
+    def moments(i: int) -> List[Tensor]:
+        return [exp_avgs[i], exp_avg_sqs[i]] + \
+            ([max_exp_avg_sqs[i]] if amsgrad else [])
+
     module, on_cpu = _module_for(params)
-    if module is None:
+    if module is None or _shares_written_memory([
+            ([p, *moments(i), state_steps[i]], [g])
+            for i, (p, g) in enumerate(zip(params, grads))
+    ]):
         adam_gc(
             *lists,
             centralized,
@@ -469,14 +530,14 @@ def fused_adam_gc(params: List[Tensor],
             **hyper)
         return
 
-    def moments(i: int) -> List[Tensor]:
-        return [exp_avgs[i], exp_avg_sqs[i]] + \
-            ([max_exp_avg_sqs[i]] if amsgrad else [])
-
+    half_ok = _half_safe(lr, weight_decay, lr * weight_decay, eps, beta1,
+                         beta2, 1 - beta1, 1 - beta2, lr / (1 - beta1))
     kernel = [
         bool(centralized[i])
         and _adam_kernel_takes(params[i], grads[i], moments(i),
-                               state_steps[i]) for i in range(len(params))
+                               state_steps[i])
+        and (params[i].dtype != torch.float16 or half_ok)
+        for i in range(len(params))
     ]
     (k_idx, k_lists), (rest_idx, _) = _partition(kernel, *lists)
     if k_idx:

@@ -236,10 +236,15 @@ def use_cpu_distributed(cfg: Config) -> None:
 
 def _mim_config(root: str, owner: str, name: str) -> str:
     """``root/.mim/configs/name``, where OpenMMLab packages keep the configs
-    that ``package::name`` in a ``_base_`` resolves to."""
+    that ``package::name`` in a ``_base_`` resolves to; ``name`` must be a
+    relative path that stays in that folder."""
     configs = osp.join(root, '.mim', 'configs')
-    path = osp.join(configs, name)
-    if not osp.isfile(path):
+    if not isinstance(name, str):
+        raise InputError(f'a config name is a str such as '
+                         f"'mask_rcnn/NAME.py', not {type(name).__name__}")
+    path = osp.normpath(osp.join(configs, name))
+    if osp.isabs(name) or not path.startswith(osp.normpath(configs) + os.sep) \
+            or not path.endswith('.py') or not osp.isfile(path):
         raise InputError(f'{owner} has no config {name!r} (looked in '
                          f'{configs})')
     return path
@@ -284,7 +289,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptions,
         help='override some settings in the used config, the key-value pair '
         'in xxx=yyy format will be merged into config file. If the value to '
         'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
@@ -307,6 +312,40 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``, with what stops it in one line.
+
+    Raises:
+        InputError: No such file, or one MMEngine cannot read (a syntax
+            error, an unsupported file type, a missing base config...),
+            named with the error.
+    """
+    if not osp.isfile(path):
+        raise InputError(f'config file not found: {path}')
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:
+        raise InputError(f'cannot read config {path}: SyntaxError: {e.msg} '
+                         f'({e.filename}, line {e.lineno})') from e
+    except (OSError, ValueError, KeyError, ImportError, TypeError,
+            AssertionError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise InputError(f'cannot read config {path}: '
+                         f'{type(e).__name__}: {reason}') from e
+
+
+class CfgOptions(DictAction):
+    """MMEngine's ``--cfg-options`` action; a value without ``=`` is a
+    usage error (one line, exit status 2) instead of a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if '=' not in v]
+        if bad:
+            parser.error(f'{option_string} takes KEY=VALUE pairs; got '
+                         f'{bad[0]!r}')
+        super().__call__(parser, namespace, values, option_string)
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config named by ``args.config`` with the shared flags applied.
 
@@ -315,13 +354,11 @@ def load_config(args: argparse.Namespace) -> Config:
     ``PlainCheckpointHook`` is added (:func:`add_plain_checkpoint_hook`).
 
     Raises:
-        InputError: The config file does not exist.
+        InputError: The config file does not exist or cannot be read.
     """
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    if not osp.isfile(args.config):
-        raise InputError(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

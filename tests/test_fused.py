@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mmdet_gc.fused as fused_mod
-from mmdet_gc import SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC
+from mmdet_gc import SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC, Adam_GC, AdamW_GC2
 from mmdet_gc.functional import sgd_gc
 
 from helpers import (DT, SGD_HYPER, assert_fused_refused_with,
@@ -280,3 +280,72 @@ def test_tensors_off_the_cpu_take_the_foreach_kernel(log_lines):
     assert opt.state[p]['momentum_buffer'].device.type == 'meta'
     ours = [m for m in log_lines if 'mmdet_gc' in m]
     assert len(ours) == 1 and 'meta' in ours[0] and 'foreach' in ours[0]
+
+
+# --------------------------------------------------------------------------
+# Inputs found by attacking the kernels (both families).
+# --------------------------------------------------------------------------
+
+
+def _aliased_run(cls, fused, overlap, threads, **hyper):
+    """Two weights that share memory: views of one tensor that overlap, or
+    a gradient that is the other weight."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        shape = (64, 1024)  # more rows than one task: they run in parallel
+        if overlap:
+            base = torch.randn(96, 1024, generator=gen)
+            a, b = (torch.nn.Parameter(base[0:64]),
+                    torch.nn.Parameter(base[32:96]))
+        else:
+            a, b = (torch.nn.Parameter(torch.randn(shape, generator=gen))
+                    for _ in range(2))
+        opt = cls([a, b], fused=fused, foreach=None if fused else False,
+                  **hyper)
+        for _ in range(3):
+            a.grad = torch.randn(shape, generator=gen)
+            b.grad = torch.randn(shape, generator=gen) if overlap \
+                else a.detach()
+            opt.step()
+        return a.detach().clone(), b.detach().clone()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('cls,hyper',
+                         [(SGD_GC, dict(lr=0.1, momentum=0.9)),
+                          (Adam_GC, dict(lr=0.1)),
+                          (AdamW_GC2, dict(lr=0.1, weight_decay=0.1))])
+@pytest.mark.parametrize('overlap', [False, True])
+def test_weights_that_share_memory_step_as_the_specification(
+        kernel, cls, hyper, overlap):
+    """The kernels update all weights at once, the specification one after
+    the other: where weights share memory, the step is the
+    specification's, bit for bit, with any number of threads."""
+    spec = _aliased_run(cls, False, overlap, 1, **hyper)
+    for threads in (1, 2):
+        for ours, theirs in zip(
+                _aliased_run(cls, True, overlap, threads, **hyper), spec):
+            assert torch.equal(ours, theirs), threads
+
+
+@pytest.mark.parametrize('cls,hyper',
+                         [(SGD_GC, dict(lr=0.1, weight_decay=1e6)),
+                          (Adam_GC, dict(lr=0.1, weight_decay=1e6)),
+                          (AdamW_GC2, dict(lr=1e3, weight_decay=1e3))])
+def test_a_float16_overflowing_hyper_parameter_is_refused_as_by_torch(
+        kernel, cls, hyper):
+    """ATen refuses a scalar that float16 cannot hold; the kernels would
+    round it to inf. The fused step raises torch's error and leaves the
+    weight as it was, as the specification does."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 8, generator=gen).half()
+    for fused in (False, True):
+        p = torch.nn.Parameter(w.clone())
+        p.grad = torch.randn(2, 8, generator=gen).half()
+        with pytest.raises(RuntimeError, match='Half without overflow'):
+            cls([p], fused=fused, foreach=None if fused else False,
+                **hyper).step()
+        assert torch.equal(p.detach(), w)

@@ -23,7 +23,7 @@ import mmdet_gc
 from mmdet_gc.cli import COMMANDS
 from mmdet_gc.runner_utils import InputError, config_path
 
-from tool_helpers import ENV, ROOT, run_tool, tiny_config
+from tool_helpers import DEMO, ENV, ROOT, run_tool, tiny_config
 
 DEMO_NAME = 'demo/mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py'
 
@@ -178,6 +178,28 @@ def test_errors_name_the_command():
         'tools/train.py: error: config file not found: nope.py'
 
 
+@pytest.mark.parametrize('command', ['train', 'study'])
+def test_unreadable_configs_and_options_are_one_line(command, tmp_path):
+    """A config with a syntax error, a file MMEngine does not read as a
+    config, and a ``--cfg-options`` value without ``=``: one line each,
+    nothing written."""
+    broken = tmp_path / 'broken.py'
+    broken.write_text('x = (\n')
+    not_config = tmp_path / 'weights.pth'
+    not_config.write_bytes(b'PK')
+    cases = [([str(broken)], 1, 'SyntaxError'),
+             ([str(not_config)], 1, 'cannot read config'),
+             ([DEMO, '--cfg-options', 'foo'], 2,
+              "--cfg-options takes KEY=VALUE pairs; got 'foo'")]
+    for args, status, words in cases:
+        proc = run_tool('-m', 'mmdet_gc', command, *args, '--work-dir',
+                        str(tmp_path / 'w'), ok=False)
+        assert proc.returncode == status, proc.stderr
+        assert 'Traceback' not in proc.stderr
+        assert words in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / 'w').exists()
+
+
 def test_config_path():
     path = config_path('mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py')
     assert osp.samefile(
@@ -186,6 +208,13 @@ def test_config_path():
                  'mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'))
     with pytest.raises(InputError, match="no config 'mask_rcnn/nope.py'"):
         config_path('mask_rcnn/nope.py')
+    # Only files under configs/: no absolute paths, no way out, no modules.
+    for name in ('/etc/passwd', '../mmdet_gc/__init__.py',
+                 '../../mmdet_gc/__init__.py', 'demo'):
+        with pytest.raises(InputError, match='has no config'):
+            config_path(name)
+    with pytest.raises(InputError, match='is a str'):
+        config_path(None)
 
 
 def test_checkout_install_has_the_command():

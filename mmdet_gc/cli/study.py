@@ -29,11 +29,9 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
 import mmdet_gc  # noqa: F401
 from mmdet_gc.report import ReportError
-from mmdet_gc.runner_utils import InputError, apply_gc
+from mmdet_gc.runner_utils import CfgOptions, InputError, apply_gc, read_config
 from mmdet_gc.study import (Plan, execute, make_arms, run_name, tool_command,
                             write_report)
 
@@ -78,7 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptions,
         default={},
         help='passed to every train and test run')
     args = parser.parse_args(argv)
@@ -88,10 +86,7 @@ def parse_args(argv: Optional[Sequence[str]] = None,
 
 def check(args: argparse.Namespace) -> None:
     """Fail before any work: config, --gc names, seeds, offsets."""
-    from mmengine.config import Config
-    if not osp.isfile(args.config):
-        raise InputError(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     for name in args.gc:
         apply_gc(cfg.copy(), name)
     if len(set(args.seeds)) != len(args.seeds):
