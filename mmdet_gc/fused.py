@@ -233,29 +233,29 @@ def _span(t: Tensor) -> Tuple[int, int]:
 def _shares_written_memory(
         entries: Sequence[Tuple[Sequence[Optional[Tensor]],
                                 Sequence[Tensor]]]) -> bool:
-    """Whether a tensor that one entry writes overlaps memory of another
-    entry (``entries``: per parameter, the tensors its step writes and
-    those it reads).
+    """Whether a tensor the step writes overlaps the memory of any other
+    tensor of the step (``entries``: per parameter, the tensors its step
+    writes and those it reads).
 
-    The kernels update the rows of all parameters in parallel, the
-    specification one parameter after the other; where parameters share
-    memory (views of one tensor, a gradient that is another parameter)
-    the order matters, so such a step runs the specification. Gradients
-    that only share a storage without overlapping (DDP's bucket views) do
-    not count.
+    The kernels read each row before they write it and update the rows of
+    all parameters in parallel, the specification one tensor after the
+    other; where tensors share memory (a gradient that is its parameter or
+    another one, views of one tensor) the order matters, so such a step
+    runs the specification. Tensors that are only read, or that share a
+    storage without overlapping (DDP's bucket views), do not count.
     """
     spans = []
-    for i, (written, read) in enumerate(entries):
+    for written, read in entries:
         for t, w in [(t, True) for t in written] + [(t, False) for t in read]:
-            if t is not None and t.numel() > 0:
-                spans.append((*_span(t), i, w))
+            if t is not None and t.layout == torch.strided and t.numel():
+                spans.append((*_span(t), len(spans), w))
     spans.sort(key=lambda s: s[:2])
-    active: List[Tuple[int, int, bool]] = []
-    for start, end, i, w in spans:
+    active: List[Tuple[int, bool]] = []
+    for start, end, _, w in spans:
         active = [a for a in active if a[0] > start]
-        if any(j != i and (w or aw) for _, j, aw in active):
+        if any(w or aw for _, aw in active):
             return True
-        active.append((end, i, w))
+        active.append((end, w))
     return False
 
 
@@ -268,18 +268,17 @@ def _half_safe(*values: float) -> bool:
         if math.isfinite(v))
 
 
-def _kernel_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
-    """Whether the C++ kernel handles this centralized tensor: contiguous,
-    of one supported dtype, with a gradient and buffer of its own."""
-    if not (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
-            and g.dtype == p.dtype and g.shape == p.shape
-            and p.is_contiguous() and g.is_contiguous() and not g.is_sparse
-            and g.data_ptr() != p.data_ptr()):
-        return False
-    return buf is None or (buf.dtype == p.dtype and buf.is_contiguous()
-                           and buf.device == p.device and buf.shape == p.shape
-                           and buf.data_ptr()
-                           not in (p.data_ptr(), g.data_ptr()))
+def _kernel_takes(p: Tensor, g: Tensor,
+                  state: Sequence[Optional[Tensor]]) -> bool:
+    """Whether a C++ kernel handles this centralized tensor: contiguous, of
+    one supported dtype, with a gradient and state tensors (None: made by
+    the kernel) alike. Memory they share: :func:`_shares_written_memory`.
+    """
+    return (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
+            and p.is_contiguous() and all(
+                t is None or (t.layout == torch.strided and t.dtype == p.dtype
+                              and t.shape == p.shape and t.device == p.device
+                              and t.is_contiguous()) for t in (g, *state)))
 
 
 def _torch_fused_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
@@ -376,7 +375,7 @@ def fused_sgd_gc(params: List[Tensor],
 
     half_ok = _half_safe(weight_decay, momentum, lr, 1 - dampening)
     kernel = [
-        bool(c) and _kernel_takes(p, g, b) and
+        bool(c) and _kernel_takes(p, g, [b]) and
         (p.dtype != torch.float16 or half_ok)
         for p, g, b, c in zip(params, grads, bufs, centralized)
     ]
@@ -423,24 +422,11 @@ def fused_sgd_gc(params: List[Tensor],
 
 def _adam_kernel_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
                        step: Tensor) -> bool:
-    """Whether the C++ Adam kernel handles this centralized tensor:
-    contiguous, of one supported dtype, with a gradient and moments of its
-    own and a float CPU step count."""
-    if not (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
-            and g.dtype == p.dtype and g.shape == p.shape
-            and p.is_contiguous() and g.is_contiguous() and not g.is_sparse
-            and torch.is_tensor(step) and step.device.type == 'cpu'
-            and step.numel() == 1
-            and step.dtype in (torch.float32, torch.float64)):
-        return False
-    ptrs = {p.data_ptr(), g.data_ptr()}
-    for m in moments:
-        if not (m.dtype == p.dtype and m.shape == p.shape
-                and m.device == p.device and m.is_contiguous()
-                and m.data_ptr() not in ptrs):
-            return False
-        ptrs.add(m.data_ptr())
-    return len(ptrs) == 2 + len(moments)
+    """:func:`_kernel_takes` with the moments as state, and a float CPU
+    step count."""
+    return (_kernel_takes(p, g, moments) and torch.is_tensor(step)
+            and step.device.type == 'cpu' and step.numel() == 1
+            and step.dtype in (torch.float32, torch.float64))
 
 
 def _torch_fused_adam_takes(p: Tensor, g: Tensor,

@@ -248,11 +248,13 @@ def test_functional_sgd_gc_fused(kernel):
                **hyper)
 
 
-def test_step_bumps_the_version_counter(kernel):
+@pytest.mark.parametrize('cls', [SGD_GC, AdamW_GC2])
+def test_step_bumps_the_version_counter(kernel, cls):
+    """Both kernels, as ATen's in-place ops do."""
     p = torch.nn.Parameter(torch.randn(4, 3))
     p.grad = torch.randn(4, 3)
     version = p._version
-    SGD_GC([p], lr=0.1, momentum=0.9, fused=True).step()
+    cls([p], lr=0.1, fused=True).step()
     assert p._version > version
 
 
@@ -287,27 +289,30 @@ def test_tensors_off_the_cpu_take_the_foreach_kernel(log_lines):
 # --------------------------------------------------------------------------
 
 
-def _aliased_run(cls, fused, overlap, threads, **hyper):
-    """Two weights that share memory: views of one tensor that overlap, or
-    a gradient that is the other weight."""
+def _aliased_run(cls, fused, sharing, threads, **hyper):
+    """Two weights with memory shared as ``sharing`` says: 'views' of one
+    tensor that overlap, a gradient that is the 'other' weight, or a
+    gradient that overlaps its 'own' weight (shifted by a row)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         gen = torch.Generator().manual_seed(0)
         shape = (64, 1024)  # more rows than one task: they run in parallel
-        if overlap:
-            base = torch.randn(96, 1024, generator=gen)
+        base = torch.randn(96, 1024, generator=gen)
+        if sharing == 'views':
             a, b = (torch.nn.Parameter(base[0:64]),
                     torch.nn.Parameter(base[32:96]))
         else:
-            a, b = (torch.nn.Parameter(torch.randn(shape, generator=gen))
-                    for _ in range(2))
+            a, b = (torch.nn.Parameter(base[0:64].clone()),
+                    torch.nn.Parameter(base[0:64]))
         opt = cls([a, b], fused=fused, foreach=None if fused else False,
                   **hyper)
         for _ in range(3):
             a.grad = torch.randn(shape, generator=gen)
-            b.grad = torch.randn(shape, generator=gen) if overlap \
-                else a.detach()
+            b.grad = dict(
+                views=torch.randn(shape, generator=gen),
+                other=a.detach(),
+                own=base[1:65])[sharing]
             opt.step()
         return a.detach().clone(), b.detach().clone()
     finally:
@@ -318,16 +323,17 @@ def _aliased_run(cls, fused, overlap, threads, **hyper):
                          [(SGD_GC, dict(lr=0.1, momentum=0.9)),
                           (Adam_GC, dict(lr=0.1)),
                           (AdamW_GC2, dict(lr=0.1, weight_decay=0.1))])
-@pytest.mark.parametrize('overlap', [False, True])
+@pytest.mark.parametrize('sharing', ['views', 'other', 'own'])
 def test_weights_that_share_memory_step_as_the_specification(
-        kernel, cls, hyper, overlap):
-    """The kernels update all weights at once, the specification one after
-    the other: where weights share memory, the step is the
-    specification's, bit for bit, with any number of threads."""
-    spec = _aliased_run(cls, False, overlap, 1, **hyper)
+        kernel, cls, hyper, sharing):
+    """The kernels read each row before they write it and update all
+    weights at once, the specification one tensor after the other: where
+    tensors of a step share memory, the step is the specification's, bit
+    for bit, with any number of threads."""
+    spec = _aliased_run(cls, False, sharing, 1, **hyper)
     for threads in (1, 2):
         for ours, theirs in zip(
-                _aliased_run(cls, True, overlap, threads, **hyper), spec):
+                _aliased_run(cls, True, sharing, threads, **hyper), spec):
             assert torch.equal(ours, theirs), threads
 
 

@@ -238,14 +238,6 @@ def test_functional_adam_gc_fused(kernel):
                 **hyper)
 
 
-def test_step_bumps_the_version_counter(kernel):
-    p = torch.nn.Parameter(torch.randn(4, 3))
-    p.grad = torch.randn(4, 3)
-    version = p._version
-    AdamW_GC2([p], lr=0.1, fused=True).step()
-    assert p._version > version
-
-
 @pytest.mark.parametrize('cls', CLASSES)
 def test_fused_and_foreach_together_are_refused(cls):
     p = torch.nn.Parameter(torch.ones(2, 2))
