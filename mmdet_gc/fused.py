@@ -268,28 +268,65 @@ def _half_safe(*values: float) -> bool:
         if math.isfinite(v))
 
 
+def _reads_as_values(t: Any) -> bool:
+    """Whether a fused kernel may take the memory of ``t`` (a tensor) for
+    its values.
+
+    The kernels, ours and torch's fused CPU SGD / Adam alike, walk a
+    tensor's memory from ``data_ptr()`` in row-major order: they need it
+    contiguous (torch 2.13's read a transposed, strided or expanded tensor
+    in the wrong order) and without the negative or conjugate bit, which
+    only ATen's ops apply (a ``torch._neg_view``, kept by ``torch.load``
+    and ``load_state_dict``, would be read negated; torch's kernels refuse
+    it). Any other tensor takes the specification, which steps it as the
+    plain tensor of its values.
+    """
+    return (torch.is_tensor(t) and t.layout == torch.strided
+            and t.is_contiguous() and not t.is_neg() and not t.is_conj())
+
+
+def _fused_takes(p: Tensor, others: Sequence[Optional[Tensor]]) -> bool:
+    """Whether a fused kernel may take ``p`` with ``others`` (its gradient
+    and state; None: made by the kernel): every one reads as values
+    (:func:`_reads_as_values`), with the shape, dtype and device of ``p``.
+    Memory they share: :func:`_shares_written_memory`."""
+    return _reads_as_values(p) and all(
+        t is None or (_reads_as_values(t) and t.dtype == p.dtype
+                      and t.shape == p.shape and t.device == p.device)
+        for t in others)
+
+
 def _kernel_takes(p: Tensor, g: Tensor,
                   state: Sequence[Optional[Tensor]]) -> bool:
-    """Whether a C++ kernel handles this centralized tensor: contiguous, of
-    one supported dtype, with a gradient and state tensors (None: made by
-    the kernel) alike. Memory they share: :func:`_shares_written_memory`.
-    """
+    """Whether a C++ kernel handles this centralized tensor: of a supported
+    dtype, with rows, and :func:`_fused_takes` with its gradient and
+    state."""
     return (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
-            and p.is_contiguous() and all(
-                t is None or (t.layout == torch.strided and t.dtype == p.dtype
-                              and t.shape == p.shape and t.device == p.device
-                              and t.is_contiguous()) for t in (g, *state)))
+            and _fused_takes(p, (g, *state)))
 
 
 def _torch_fused_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
-    """Whether torch's fused SGD kernel handles this plain tensor.
+    """Whether torch's fused SGD kernel handles this plain tensor
+    (:func:`_fused_takes` with its gradient and buffer).
 
     float32 / float64 only: torch 2.13's CPU kernel leaves float16 and
     bfloat16 parameters unchanged (but for a few tail elements), so those
     take torch's single-tensor kernel.
     """
-    return (p.dtype in (torch.float32, torch.float64) and g.dtype == p.dtype
-            and not g.is_sparse and (buf is None or buf.dtype == p.dtype))
+    return (p.dtype in (torch.float32, torch.float64)
+            and _fused_takes(p, (g, buf)))
+
+
+def _mul_(tensors: List[Tensor], scale: float) -> None:
+    """``t *= scale`` for each tensor (SGDW's decay): one foreach call for
+    those that read as values; torch's foreach ops refuse a negative or
+    conjugate bit in a list they write, so the others take ``mul_``."""
+    (_, (plain, )), (_, (others, )) = _partition(
+        [_reads_as_values(t) for t in tensors], tensors)
+    if plain:
+        torch._foreach_mul_(plain, scale)
+    for t in others:
+        t.mul_(scale)
 
 
 def _take(lst: Sequence, idx: Sequence[int]) -> list:
@@ -317,7 +354,10 @@ def fused_sgd_gc(params: List[Tensor],
     single-tensor kernel, and tensors that are not centralized take torch's
     fused SGD kernel, so that a float32 / float64 group with GC off equals
     ``torch.optim.SGD(fused=True)`` (torch's single-tensor kernel for other
-    dtypes).
+    dtypes). A parameter takes the single-tensor kernels too where it, its
+    gradient or its buffer does not read as values
+    (:func:`_reads_as_values`: not contiguous, or with the negative or
+    conjugate bit).
 
     Where the kernel cannot be built, or for tensors that are not on the
     CPU, one line is logged per process and the step runs
@@ -363,7 +403,7 @@ def fused_sgd_gc(params: List[Tensor],
             ([p, b], [g]) for p, g, b in zip(params, grads, bufs)
     ]):
         if scale != 1.:
-            torch._foreach_mul_(params, scale)
+            _mul_(params, scale)
         sgd_gc(
             params,
             grads,
@@ -390,7 +430,7 @@ def fused_sgd_gc(params: List[Tensor],
     if not rest_idx:
         return
     if scale != 1.:
-        torch._foreach_mul_(_take(params, rest_idx), scale)
+        _mul_(_take(params, rest_idx), scale)
     # The rest, in groups that each kernel takes whole: centralized
     # tensors the C++ kernel refused, plain tensors for torch's fused
     # kernel (which needs all or none of its buffers to exist), and plain
@@ -423,18 +463,20 @@ def fused_sgd_gc(params: List[Tensor],
 def _adam_kernel_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
                        step: Tensor) -> bool:
     """:func:`_kernel_takes` with the moments as state, and a float CPU
-    step count."""
-    return (_kernel_takes(p, g, moments) and torch.is_tensor(step)
+    step count that reads as values."""
+    return (_kernel_takes(p, g, moments) and _reads_as_values(step)
             and step.device.type == 'cpu' and step.numel() == 1
             and step.dtype in (torch.float32, torch.float64))
 
 
-def _torch_fused_adam_takes(p: Tensor, g: Tensor,
-                            moments: Sequence[Tensor]) -> bool:
-    """Whether torch's fused Adam kernel handles this plain tensor (real
-    floating dtypes: torch 2.13's CPU kernel updates all four correctly)."""
-    return (p.dtype in _DTYPES and g.dtype == p.dtype and not g.is_sparse
-            and all(m.dtype == p.dtype for m in moments))
+def _torch_fused_adam_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
+                            step: Tensor) -> bool:
+    """Whether torch's fused Adam kernel handles this plain tensor
+    (:func:`_fused_takes` with its gradient and moments, and a step count
+    that reads as values); real floating dtypes: torch 2.13's CPU kernel
+    updates all four correctly."""
+    return (p.dtype in _DTYPES and _fused_takes(p, (g, *moments))
+            and _reads_as_values(step))
 
 
 def fused_adam_gc(params: List[Tensor],
@@ -464,7 +506,10 @@ def fused_adam_gc(params: List[Tensor],
     kernels, and tensors that are not centralized take torch's fused Adam /
     AdamW kernel, so that a group with GC off equals
     ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)`` (complex
-    ones: torch's single-tensor kernel).
+    ones: torch's single-tensor kernel). A parameter takes the
+    single-tensor kernels too where it, its gradient, a moment or its step
+    does not read as values (:func:`_reads_as_values`: not contiguous, or
+    with the negative or conjugate bit).
 
     Where the kernel cannot be built, or for tensors that are not on the
     CPU, one line is logged per process and the step runs
@@ -534,7 +579,7 @@ def fused_adam_gc(params: List[Tensor],
     groups: Dict[bool, List[int]] = {}
     for i in rest_idx:
         torch_fused = not centralized[i] and _torch_fused_adam_takes(
-            params[i], grads[i], moments(i))
+            params[i], grads[i], moments(i), state_steps[i])
         groups.setdefault(torch_fused, []).append(i)
     for torch_fused, idx in groups.items():
         sub = [_take(lst, idx) if lst else [] for lst in lists]

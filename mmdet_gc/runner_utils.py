@@ -153,51 +153,89 @@ def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
             "(e.g. --cfg-options train_dataloader.dataset.data_root=...)")
 
 
-def check_checkpoint(path: Optional[str],
+def check_checkpoint(door: Any,
+                     path: Optional[str],
                      what: str,
                      resume: bool = False,
-                     trust: bool = False) -> None:
-    """Fail early, with one line, on a local checkpoint the runner would
-    choke on or must not load.
+                     trust: bool = False) -> Optional[dict]:
+    """Read a checkpoint through the run's door and check it, before the
+    runner is built, so that a refusal is one line and nothing is written.
 
-    The file is checked for structure, then loaded as the runner will load
-    it (``weights_only=True``, no allow-list; see
-    :func:`mmdet_gc.checkpoint.inspect_checkpoint`). With ``trust`` (the
-    user's ``--trust-checkpoint``), it is loaded with ``weights_only=False``
-    after a warning, and the runner is allowed to do the same for this one
-    file (:func:`mmdet_gc.checkpoint.trust_checkpoint`).
+    Every source goes through :class:`~mmdet_gc.checkpoint.CheckpointDoor`:
+    a local path (always, when it exists, even if it looks like a URL),
+    ``http(s)://`` (downloaded into torch's hub cache, or taken from it),
+    ``torchvision://``, ``open-mmlab://``, ``mmcls://``... It is read with
+    ``weights_only=True`` (stock MMEngine files as data); with ``trust``
+    (the user's ``--trust-checkpoint``) this one source is loaded with
+    ``weights_only=False``, after a warning.
 
     Args:
-        path (str, optional): The checkpoint; remote paths are left to
-            MMEngine.
+        door (CheckpointDoor): The run's door; the runner's load of
+            ``path`` gets the checked object.
+        path (str, optional): The checkpoint source.
         what (str): What the file is for, e.g. ``'--resume'``.
         resume (bool): Also check what resuming needs.
-        trust (bool): The user trusts this file.
+        trust (bool): The user trusts this source.
+
+    Returns:
+        dict, optional: The checkpoint, or None without ``path``.
 
     Raises:
-        InputError: Naming the file and the problem.
+        InputError: Naming the source and the problem.
     """
-    from .checkpoint import (CheckpointError, inspect_checkpoint,
-                             trust_checkpoint)
-
-    # A path that exists here is checked even if it contains '://'
-    # (MMEngine's local loader would open it).
-    if not path or not (_is_local(path) or osp.exists(path)):
-        return
-    if not osp.exists(path):
+    from .checkpoint import CheckpointError
+    from .checkpoint.door import scheme_of
+    if not path:
+        return None
+    if not isinstance(path, str) or any(ord(c) < 32 for c in path):
+        raise InputError(f'{what} checkpoint {path!r:.200} is not a path or '
+                         'URL')
+    if scheme_of(path) == '' and not osp.exists(osp.expanduser(path)):
         raise InputError(f'{what} checkpoint not found: {path}')
     if trust:
+        door.trust(path)
         print(
             f'warning: --trust-checkpoint: loading {path} with '
             'weights_only=False; a file loaded this way can run any code, '
             'so do this only for a checkpoint you made or trust',
             file=sys.stderr)
     try:
-        ckpt = inspect_checkpoint(path, resume=resume, trust=trust)
+        return door.read(path, resume=resume)
     except CheckpointError as e:
         raise InputError(f'{what} {e}') from None
-    if trust:
-        trust_checkpoint(path, ckpt)
+
+
+def pretrained_sources(model: Any) -> List[str]:
+    """The ``checkpoint`` of every ``init_cfg`` of type ``Pretrained`` in a
+    model config, at any depth (what the runner loads when it initialises
+    the model's weights)."""
+    out: List[str] = []
+    if isinstance(model, dict):
+        kind = model.get('type')
+        kind = getattr(kind, '__name__', kind)
+        if kind == 'Pretrained' and isinstance(model.get('checkpoint'), str):
+            out.append(model['checkpoint'])
+        for value in model.values():
+            out += pretrained_sources(value)
+    elif isinstance(model, (list, tuple)):
+        for value in model:
+            out += pretrained_sources(value)
+    return list(dict.fromkeys(out))
+
+
+def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
+    """The config's model (and optimizer wrapper and schedulers), built as
+    the runner will build them: a config that cannot build them (e.g. a
+    bad ``--cfg-options`` value) fails here, with one line.
+
+    Raises:
+        InputError: Naming the error.
+    """
+    from .checkpoint.run_checks import BuildError, build_run
+    try:
+        return build_run(cfg, optimizer=optimizer)
+    except BuildError as e:
+        raise InputError(f'the config cannot build its {e}') from None
 
 
 def add_plain_checkpoint_hook(cfg: Config) -> None:
@@ -371,21 +409,42 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def prepare_or_exit(build_cfg: Callable[[argparse.Namespace], Config],
-                    args: argparse.Namespace, tool: str) -> Config:
+def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
+                    args: argparse.Namespace, tool: str) -> Tuple[Config, Any]:
     """Run a tool's config checks; on bad input exit with one line.
 
+    ``build_cfg(args, door)`` reads every checkpoint the run will load
+    through ``door``, the run's :class:`~mmdet_gc.checkpoint.CheckpointDoor`.
     Also applies :func:`use_cpu_distributed` for a launcher without CUDA.
     Nothing is written before this returns.
+
+    Returns:
+        tuple: The config and the door (see :func:`run_through_door`).
     """
     import torch
+
+    from .checkpoint import CheckpointDoor
+    door = CheckpointDoor()
     try:
-        cfg = build_cfg(args)
+        cfg = build_cfg(args, door)
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
     except InputError as e:
         sys.exit(f'{tool}: error: {e}')
-    return cfg
+    return cfg, door
+
+
+def run_through_door(cfg: Config, door: Any, tool: str,
+                     action: Callable[[Any], None]) -> None:
+    """Build the runner and run ``action(runner)`` with ``door`` as
+    MMEngine's loader for every checkpoint scheme; a checkpoint the door
+    refuses there (one not read up front) ends the tool with one line."""
+    from .checkpoint import CheckpointError
+    with door.installed():
+        try:
+            action(build_runner(cfg))
+        except CheckpointError as e:
+            sys.exit(f'{tool}: error: {e}')
 
 
 def build_runner(cfg: Config) -> Any:

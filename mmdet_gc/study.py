@@ -20,17 +20,22 @@ import json
 import math
 import os
 import os.path as osp
+import re
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import (IO, Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
-from .report import COLUMNS, HEADERS, TASKS, ReportError, read_run
+from .report import (HEADERS, METRICS, ReportError, Skips, as_count, as_real,
+                     bad_count, read_json, read_run)
 
-#: The metrics a study reports, as mmdet's CocoMetric names them.
-METRICS = tuple(f'coco/{t}_{c}' for t in TASKS for c in COLUMNS)
+#: What :class:`~mmdet_gc.diagnostics.RowMeanDriftHook` writes in a run.
+DRIFT_FILE = 'row_mean_drift.json'
+#: A run's folder, as :func:`run_dir` names it.
+SEED_DIR = re.compile(r'seed(0|[1-9][0-9]*)')
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,14 @@ def _last_checkpoint(run: str) -> Optional[str]:
     path = osp.join(run, 'last_checkpoint')
     if not osp.isfile(path):
         return None
-    ckpt = open(path).read().strip()
+    with Skips(path) as skips:
+        try:
+            with open(path, 'rb') as f:
+                ckpt = f.read().decode().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            skips.skip_all(f'cannot read a path in it ({e})')
+            return None
+    # isfile: False for a path with a NUL byte too.
     return ckpt if osp.isfile(ckpt) else None
 
 
@@ -274,16 +286,119 @@ class RunResult:
 
 
 def _drift(run: str) -> Optional[Dict[str, float]]:
-    path = osp.join(run, 'row_mean_drift.json')
-    if not osp.isfile(path):
+    """The largest row-mean drift of a run's conv and fc weights; None
+    without a valid :data:`DRIFT_FILE`."""
+    path = osp.join(run, DRIFT_FILE)
+    if not osp.lexists(path):
         return None
-    layers = json.load(open(path))['layers'].values()
+    layers = []  # (ndim, max_drift)
+    with Skips(path) as skips:
+        doc = read_json(path, skips)
+        if skips:
+            return None
+        if not (isinstance(doc, dict) and isinstance(doc.get('layers'), dict)
+                and bad_count(doc) is None):
+            skips.skip_all('not a RowMeanDriftHook record (an object: '
+                           '"layers" an object, "iter" an integer >= 0)')
+            return None
+        for name, layer in doc['layers'].items():
+            if not isinstance(layer, dict):
+                skips.add('layer', 'not an object', repr(name))
+                continue
+            ndim = as_count(layer.get('ndim'))
+            drift = as_real(layer.get('max_drift'))
+            # NaN passes: the hook writes it for weights that diverged.
+            if ndim is None or drift is None or drift < 0:
+                skips.add(
+                    'layer', '"ndim" not an integer >= 0 or '
+                    '"max_drift" not a number >= 0', repr(name))
+                continue
+            layers.append((ndim, drift))
     out = {}
     for kind, keep in (('conv', lambda n: n > 3), ('fc', lambda n: n == 2)):
-        values = [v['max_drift'] for v in layers if keep(v['ndim'])]
+        values = [d for n, d in layers if keep(n)]
         if values:
             out[kind] = max(values)
     return out
+
+
+def _listdir(path: str, skips: Skips) -> List[str]:
+    """The sorted names in ``path``; none where it cannot be listed."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        skips.skip_all(f'cannot list it ({e.strerror or e})')
+        return []
+
+
+def _arm(name: str) -> Optional[str]:
+    """``name`` if it can name an arm: a row of the tables, text only."""
+    return name if name.isprintable() else None
+
+
+def _seed(name: str) -> Optional[int]:
+    """The seed of a ``seed<N>`` folder, as :func:`run_dir` names it."""
+    match = SEED_DIR.fullmatch(name)
+    return as_count(int(match.group(1))) if match else None
+
+
+def _offset(name: str) -> Optional[float]:
+    """The offset of a ``shift<OFFSET>`` folder, as :func:`shift_dir` names
+    it."""
+    try:
+        offset = float(name[5:])
+    except ValueError:
+        return None
+    if not math.isfinite(offset) or f'{offset:g}' != name[5:]:
+        return None
+    return offset + 0.  # -0 is the plain test too
+
+
+def _subdirs(parent: str, prefix: str, parse: Callable[[str], Optional[Any]],
+             form: str) -> List[Tuple[str, Any]]:
+    """``(name, parse(name))`` of the folders in ``parent`` whose names
+    start with ``prefix``; those ``parse`` refuses (None) are skipped, with
+    one warning that says they are not ``form``."""
+    out = []
+    with Skips(parent) as skips:
+        for name in _listdir(parent, skips):
+            if not (name.startswith(prefix)
+                    and osp.isdir(osp.join(parent, name))):
+                continue
+            value = parse(name)
+            if value is None:
+                skips.add('folder', f'name not {form}', repr(name))
+            else:
+                out.append((name, value))
+    return out
+
+
+def _read_seed(run: str, arm: str, seed: int, threshold: float) -> RunResult:
+    """One run of :func:`read_study`."""
+    losses, metrics, shifts = [], {}, {}
+    try:
+        losses = read_run(run).losses
+    except ReportError:
+        pass
+    for name, offset in _subdirs(run, 'shift', _offset,
+                                 'shift<OFFSET>, OFFSET a finite number'):
+        try:
+            final = read_run(osp.join(run, name)).test
+        except ReportError:
+            continue
+        if final is not None:
+            shifts[offset] = final.get('coco/bbox_mAP', math.nan)
+            if offset == 0:
+                metrics = {k: final[k] for k in METRICS if k in final}
+    if osp.isfile(osp.join(run, 'train.failed')) or not metrics:
+        status = 'failed'
+        metrics = {k: 0. for k in METRICS}
+    elif any(not math.isfinite(v) for _, v in losses) or \
+            metrics.get('coco/bbox_mAP', 0.) <= threshold:
+        status = 'diverged'
+    else:
+        status = 'ok'
+    return RunResult(arm, seed, status, metrics, shifts, losses, _drift(run))
 
 
 def read_study(work: str, threshold: float = 0.) -> List[RunResult]:
@@ -292,51 +407,22 @@ def read_study(work: str, threshold: float = 0.) -> List[RunResult]:
     A run is ``failed`` when training failed or it has no test metrics
     (its metrics count as 0 in the statistics), ``diverged`` when a logged
     loss is not finite or its bbox AP is at or below ``threshold``, else
-    ``ok``. Nothing is dropped.
+    ``ok``. Nothing is dropped. The work dir is untrusted input: malformed
+    records and folder names are skipped, with one warning per file or
+    folder (:func:`~mmdet_gc.report.warn`).
 
     Raises:
         ReportError: No runs under ``work``.
     """
-    out = []
     if not osp.isdir(work):
         raise ReportError(f'{work}: no such study work dir')
-    for arm in sorted(os.listdir(work)):
+    out = []
+    for arm, _ in _subdirs(work, '', _arm, 'printable text'):
         arm_dir = osp.join(work, arm)
-        if not osp.isdir(arm_dir):
-            continue
-        for seed_name in sorted(os.listdir(arm_dir)):
-            run = osp.join(arm_dir, seed_name)
-            if not (seed_name.startswith('seed') and osp.isdir(run)):
-                continue
-            seed = int(seed_name[4:])
-            losses, metrics, shifts = [], {}, {}
-            try:
-                losses = read_run(run).losses
-            except ReportError:
-                pass
-            for name in sorted(os.listdir(run)):
-                if not name.startswith('shift'):
-                    continue
-                try:
-                    final = read_run(osp.join(run, name)).test
-                except ReportError:
-                    continue
-                if final:
-                    offset = float(name[5:])
-                    shifts[offset] = final.get('coco/bbox_mAP', math.nan)
-                    if offset == 0:
-                        metrics = {k: final[k] for k in METRICS if k in final}
-            if osp.isfile(osp.join(run, 'train.failed')) or not metrics:
-                status = 'failed'
-                metrics = {k: 0. for k in METRICS}
-            elif any(not math.isfinite(v) for _, v in losses) or \
-                    metrics.get('coco/bbox_mAP', 0.) <= threshold:
-                status = 'diverged'
-            else:
-                status = 'ok'
+        for name, seed in _subdirs(arm_dir, 'seed', _seed,
+                                   'seed<N>, N an integer >= 0'):
             out.append(
-                RunResult(arm, seed, status, metrics, shifts, losses,
-                          _drift(run)))
+                _read_seed(osp.join(arm_dir, name), arm, seed, threshold))
     if not out:
         raise ReportError(f'{work}: no runs (expected <arm>/seed<N>/)')
     return out
@@ -422,6 +508,8 @@ def study_markdown(summary: dict) -> str:
         'as 0; "-": no objects of that size.', ''
     ] + lines
     for arm, paired in summary['paired'].items():
+        if not paired:  # no metric that both arms computed (all -1)
+            continue
         out += [
             '', f'Paired difference {arm} - {summary["base"]} (AP points, '
             f'{next(iter(paired.values()))["n"]} seeds):', '',
@@ -461,10 +549,11 @@ def study_markdown(summary: dict) -> str:
     return '\n'.join(out)
 
 
-def plot_study(results: List[RunResult], summary: dict, path: str) -> None:
+def plot_study(results: List[RunResult], summary: dict,
+               path: Union[str, IO[bytes]]) -> None:
     """Loss (mean ± std band over seeds), box AP under brightness offsets,
     and box / mask AP per seed as paired dots; one colour per arm in every
-    panel."""
+    panel, into a PNG (a path or a binary file)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -521,7 +610,7 @@ def plot_study(results: List[RunResult], summary: dict, path: str) -> None:
     for ax in axes[:2]:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format='png')
     plt.close(fig)
 
 
@@ -529,7 +618,11 @@ def write_report(work: str,
                  threshold: float = 0.,
                  base: str = 'base') -> Tuple[str, dict]:
     """Read a study, write ``report.md``, ``report.json`` and
-    ``report.png`` into ``work``; return the markdown and the summary."""
+    ``report.png`` into ``work``; return the markdown and the summary.
+
+    Raises:
+        ReportError: No runs, or a report file cannot be written.
+    """
     results = read_study(work, threshold)
     summary = summarize(results, base)
     summary['threshold'] = threshold
@@ -546,9 +639,38 @@ def write_report(work: str,
             drift=r.drift) for r in results
     ]
     text = study_markdown(summary)
-    with open(osp.join(work, 'report.md'), 'w') as f:
-        f.write(text + '\n')
-    with open(osp.join(work, 'report.json'), 'w') as f:
-        json.dump(summary, f, indent=1, default=str)
-    plot_study(results, summary, osp.join(work, 'report.png'))
+    _write(osp.join(work, 'report.md'), lambda f: f.write(text + '\n'))
+    _write(
+        osp.join(work, 'report.json'),
+        lambda f: json.dump(summary, f, indent=1, default=str))
+    _write(
+        osp.join(work, 'report.png'),
+        lambda f: plot_study(results, summary, f),
+        binary=True)
     return text, summary
+
+
+def _write(path: str,
+           write: Callable[[IO], Any],
+           binary: bool = False) -> None:
+    """Write ``path`` anew: into a new file, then renamed over ``path``, so
+    that what a work dir holds there (a symlink, a FIFO) is replaced, never
+    written through or waited on.
+
+    Raises:
+        ReportError: ``path`` cannot be written (e.g. it is a folder).
+    """
+    tmp, made = f'{path}.{os.getpid()}.tmp', False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        made = True
+        kwargs = {} if binary else dict(encoding='utf-8')
+        with open(fd, 'wb' if binary else 'w', **kwargs) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ReportError(
+            f'{path}: cannot write it ({e.strerror or e})') from e
+    finally:
+        if made and osp.lexists(tmp):
+            os.unlink(tmp)

@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules."""
 import logging
+import signal
 
 import pytest
 from mmengine.logging import MMLogger
@@ -45,3 +46,18 @@ def log_lines(monkeypatch):
     logger.addHandler(handler)
     yield handler.messages
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def deadline():
+    """Fail after 60 s instead of hanging: what reads a work dir must never
+    open a FIFO planted there (opening one waits for a writer forever)."""
+
+    def expire(signum, frame):
+        raise TimeoutError('still running after 60 s: a FIFO was opened?')
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

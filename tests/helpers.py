@@ -522,3 +522,89 @@ def check_fallback(classes, hyper, steps, messages, expected):
     assert len(ours) == 1, messages
     assert '\n' not in ours[0]
     assert expected in ours[0] and 'single-tensor' in ours[0]
+
+
+# --------------------------------------------------------------------------
+# Tensors whose memory is not their values (test_fused.py,
+# test_fused_adam.py).
+# --------------------------------------------------------------------------
+
+
+def viewed(t, how):
+    """A tensor with the values of ``t`` and other numbers in memory:
+    'neg' (the negative bit of ``torch._neg_view``, over ``-t``), 'conj'
+    (the conjugate bit of a complex view, over ``conj(t)``) or 'strided'
+    (every other element of a buffer twice as large)."""
+    if how == 'neg':
+        return torch._neg_view(t.neg())
+    if how == 'conj':
+        return t.conj_physical().conj()
+    return torch.empty(*t.shape, 2, dtype=t.dtype)[..., 0].copy_(t)
+
+
+def _as_real(t):
+    """Complex tensors as their real and imaginary parts, math bits
+    resolved, for :func:`assert_within_ulps`."""
+    t = t.detach()
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+
+
+#: Tensors whose memory is not their values, as
+#: :func:`check_memory_that_is_not_values` makes them: (where, how).
+NOT_VALUES = [(where, how) for where in ('param', 'grad', 'state')
+              for how in ('neg', 'conj', 'strided')] + [('grad', 'expanded')]
+
+
+def check_memory_that_is_not_values(cls,
+                                    hyper,
+                                    where,
+                                    how,
+                                    steps,
+                                    ulps,
+                                    mode=None):
+    """``cls(..., **mode)`` (default: ``fused=True``) steps tensors whose
+    memory is not their values as ``cls(..., foreach=False)`` steps plain
+    tensors of the same values.
+
+    ``where`` says which: every 'param', every 'grad' or every 'state'
+    tensor (``step`` included; each step finds a new :func:`viewed` copy
+    of the state, which it updates in place); ``how`` how: as
+    :func:`viewed` makes it, or (gradients only) 'expanded' from its first
+    row (zero strides; the same tensor for both). Parameters and state
+    agree after every step within ``ulps`` (:func:`assert_within_ulps`).
+    """
+    dtype = torch.complex128 if how == 'conj' else DT
+    ours, spec = make_params(dtype=dtype), make_params(dtype=dtype)
+    if where == 'param':
+        ours = {
+            k: viewed(p.detach(), how).requires_grad_()
+            for k, p in ours.items()
+        }
+        assert all(p.is_leaf for p in ours.values())
+    opt = cls(ours.values(), **(mode or dict(fused=True)), **hyper)
+    ref = cls(spec.values(), foreach=False, **hyper)
+    for step in range(steps):
+        for k, g in fused_grads_at(step, spec).items():
+            if g is not None and how == 'expanded':
+                # Both get it: ATen rounds a broadcast operand its own way.
+                g = g[:1].expand_as(g)
+            spec[k].grad = g if g is None or how == 'expanded' else g.clone()
+            view = where == 'grad' and g is not None and how != 'expanded'
+            ours[k].grad = viewed(g, how) if view else g
+        if where == 'state':
+            for k, p in ours.items():
+                state = opt.state[p]
+                for key, t in state.items():
+                    state[key] = viewed(t, how)
+        opt.step()
+        ref.step()
+        for k in ours:
+            assert_within_ulps(
+                _as_real(ours[k]), _as_real(spec[k]), DT, f'{k} step {step}',
+                ulps)
+            s_ours, s_spec = opt.state[ours[k]], ref.state[spec[k]]
+            assert s_ours.keys() == s_spec.keys(), (k, step)
+            for key in s_spec:
+                assert_within_ulps(
+                    _as_real(s_ours[key]), _as_real(s_spec[key]), DT,
+                    f'{k}.{key} step {step}', ulps)

@@ -8,8 +8,10 @@ single-tensor kernel, which is the specification, after every step, for
 every option and dtype; against float64 references written from the maths;
 for the paper's property that row means of centralized weights never
 change; for state dicts moving between kernels; for results that do not
-depend on the thread count; and for the fallback when it cannot be built
-(that test always runs).
+depend on the thread count; for tensors whose memory is not their values
+(negative or conjugate bit, strided, expanded), which take the
+specification; and for the fallback when it cannot be built (that test
+always runs).
 """
 import pytest
 import torch
@@ -18,15 +20,15 @@ import mmdet_gc.fused as fused_mod
 from mmdet_gc import SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC, Adam_GC, AdamW_GC2
 from mmdet_gc.functional import sgd_gc
 
-from helpers import (DT, SGD_HYPER, assert_fused_refused_with,
+from helpers import (DT, NOT_VALUES, SGD_HYPER, assert_fused_refused_with,
                      assert_row_means_kept, assert_same_as,
                      assert_same_bits_on_one_and_two_threads,
                      assert_within_ulps, break_the_build,
                      centralized_row_means, check_against_reference,
-                     check_fallback,
+                     check_fallback, check_memory_that_is_not_values,
                      check_odd_layouts_take_the_single_tensor_kernel,
                      check_state_dict_moves, grad_for, make_params, product,
-                     reference_for, set_fused_grads, set_grads)
+                     reference_for, set_fused_grads, set_grads, viewed)
 
 CLASSES = [SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -355,3 +357,39 @@ def test_a_float16_overflowing_hyper_parameter_is_refused_as_by_torch(
             cls([p], fused=fused, foreach=None if fused else False,
                 **hyper).step()
         assert torch.equal(p.detach(), w)
+
+
+@pytest.mark.parametrize(
+    'cls,hyper', product(CLASSES, [SGD_HYPER[2], SGD_HYPER[3], SGD_HYPER[6]]))
+@pytest.mark.parametrize('where,how', NOT_VALUES)
+def test_memory_that_is_not_values_steps_as_the_specification(
+        kernel, cls, hyper, where, how):
+    """A tensor with the negative bit (``torch._neg_view``: torch.load and
+    load_state_dict keep it), a complex one with the conjugate bit, a
+    strided or an expanded one: its memory is not its values, which the
+    kernels (ours and torch's fused SGD) would read; the step is the
+    specification's on plain tensors of the same values."""
+    check_memory_that_is_not_values(cls, hyper, where, how, STEPS, ULPS)
+
+
+@pytest.mark.parametrize('op,position',
+                         [(op, i)
+                          for op, n in (('sgd_gc_', 3), ('adam_gc_', 6))
+                          for i in range(n)])
+def test_the_compiled_kernels_refuse_a_negative_bit(kernel, op, position):
+    """Called directly, the extension refuses a tensor with the negative
+    bit (its argument number ``position``) before it writes anything."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(4, 8, generator=gen) for _ in range(5)]
+    tensors[2:5] = [t.abs() for t in tensors[2:5]]  # buffer, moments
+    args = [[t] for t in tensors] + [[torch.tensor(1.)]]
+    args[position] = [viewed(args[position][0], 'neg')]
+    before = [t.clone() for (t, ) in args]
+    if op == 'sgd_gc_':
+        args, hyper = args[:3], (0., 0.9, 0.1, 0., False, False, 1.)
+    else:
+        hyper = (False, False, True, 0.9, 0.999, 0.1, 0., 1e-8, False)
+    with pytest.raises(RuntimeError, match='negative'):
+        getattr(fused_mod._module(), op)(*args, *hyper)
+    for (t, ), b in zip(args, before):
+        assert torch.equal(t, b)

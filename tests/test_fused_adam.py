@@ -9,8 +9,10 @@ every class, option and dtype; against float64 references written from the
 maths; for the paper's property that row means of weights whose update is
 centralized never change; for state dicts moving between kernels; for
 results that do not depend on the thread count; for groups with GC off,
-which equal torch's fused Adam / AdamW; and for the fallback when it cannot
-be built (that test always runs).
+which equal torch's fused Adam / AdamW; for tensors whose memory is not
+their values (negative or conjugate bit, strided, expanded), which take the
+specification; and for the fallback when it cannot be built (that test
+always runs).
 """
 import pytest
 import torch
@@ -20,11 +22,12 @@ from mmdet_gc import (Adam_GC, Adam_GC2, Adam_GCC, Adam_GCC2, AdamW_GC,
                       AdamW_GC2, AdamW_GCC, AdamW_GCC2)
 from mmdet_gc.functional import adam_gc
 
-from helpers import (DT, assert_fused_refused_with, assert_row_means_kept,
-                     assert_same_as, assert_same_bits_on_one_and_two_threads,
+from helpers import (DT, NOT_VALUES, assert_fused_refused_with,
+                     assert_row_means_kept, assert_same_as,
+                     assert_same_bits_on_one_and_two_threads,
                      assert_within_ulps, break_the_build,
                      centralized_row_means, check_against_reference,
-                     check_fallback,
+                     check_fallback, check_memory_that_is_not_values,
                      check_odd_layouts_take_the_single_tensor_kernel,
                      check_state_dict_moves, grad_for, make_params, product,
                      reference_for, set_fused_grads, set_grads)
@@ -253,3 +256,37 @@ def test_fallback_when_the_kernel_cannot_be_built(monkeypatch, log_lines, how):
     assert not fused_mod.fused_available()
     check_fallback(CLASSES, dict(lr=0.01, weight_decay=1e-2, amsgrad=True), 4,
                    log_lines, expected)
+
+
+@pytest.mark.parametrize('cls,hyper',
+                         product(CLASSES, [ADAM_HYPER[1], ADAM_HYPER[3]]))
+@pytest.mark.parametrize('where,how',
+                         [wh for wh in NOT_VALUES if wh[1] != 'conj'])
+def test_memory_that_is_not_values_steps_as_the_specification(
+        kernel, cls, hyper, where, how):
+    """A tensor with the negative bit (``torch._neg_view``: torch.load and
+    load_state_dict keep it; ``step`` included), a strided or an expanded
+    one: its memory is not its values, which the kernels (ours and torch's
+    fused Adam) would read; the step is the specification's on plain
+    tensors of the same values."""
+    check_memory_that_is_not_values(cls, hyper, where, how, STEPS, ULPS[DT])
+
+
+@pytest.mark.parametrize('cls,hyper',
+                         product(CLASSES, [ADAM_HYPER[1], ADAM_HYPER[3]]))
+@pytest.mark.parametrize('where', ['param', 'grad', 'state'])
+def test_conjugate_views_step_as_the_specification(kernel, cls, hyper, where):
+    """Complex tensors with the conjugate bit take the specification: it
+    steps them as plain tensors of the same values, or refuses them where
+    torch's Adam does (its ``view_as_real`` refuses the bit), and so does
+    ``fused=True``."""
+    outcomes = []
+    for mode in (dict(fused=True), dict(foreach=False)):
+        try:
+            check_memory_that_is_not_values(cls, hyper, where, 'conj', STEPS,
+                                            ULPS[DT], mode)
+            outcomes.append('steps as plain tensors')
+        except RuntimeError as exc:
+            assert 'conjugate' in str(exc)
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]

@@ -1,5 +1,7 @@
 """tools/gc_report.py: the paper-style table and curves of paired runs."""
 import json
+import math
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -111,3 +113,215 @@ def test_epoch_based_validation_is_placed_at_its_last_iteration(tmp_path):
     run = read_run(str(tmp_path / 'ep'))
     assert [s for s, _ in run.evals] == [100, 200]
     assert run.final['coco/bbox_mAP'] == 0.2
+
+
+# A work dir is untrusted input: a malformed line, value, record or file is
+# skipped with one warning naming the file, and the rest is reported.
+
+#: Lines that are skipped whole, each between two valid lines.
+BAD_LINES = {
+    'list': b'[1, 2]',
+    'number': b'3',
+    'string': b'"loss"',
+    'null': b'null',
+    'not JSON': b'{"loss": 1.0,, "step": 60}',
+    'not UTF-8': b'\xff\xfe{"loss": 1.0}',
+    'nested too deep': b'[' * 100000,
+    'int of 5000 digits': b'{"loss": 1.0, "step": ' + b'9' * 5000 + b'}',
+    'step string': b'{"loss": 1.0, "step": "x"}',
+    'step float': b'{"loss": 1.0, "step": 60.0}',
+    'step bool': b'{"loss": 1.0, "step": true}',
+    'step negative': b'{"loss": 1.0, "step": -1}',
+    'step beyond int64': b'{"loss": 1.0, "step": ' + b'9' * 30 + b'}',
+    'step infinite': b'{"loss": 1.0, "step": Infinity}',
+    'iter object': b'{"loss": 1.0, "iter": {}}',
+    'epoch list': b'{"loss": 1.0, "epoch": [1], "step": 60}',
+    'loss list': b'{"loss": [1], "step": 60}',
+    'loss string': b'{"loss": "1.0", "step": 60}',
+    'loss bool': b'{"loss": false, "step": 60}',
+    'loss beyond float': b'{"loss": 1' + b'0' * 400 + b', "step": 60}',
+}
+#: Values of ``coco/bbox_mAP`` that are dropped (the record's other
+#: metrics are kept).
+BAD_METRICS = {
+    'string': '"high"',
+    'list': '[0.3]',
+    'bool': 'true',
+    'null': 'null',
+    'NaN': 'NaN',
+    'infinite': 'Infinity',
+    'out of range': '1e308',
+}
+
+
+def _scalars(work_dir):
+    return osp.join(work_dir, '20260101_000000', 'vis_data', 'scalars.json')
+
+
+def _insert_line(path, line, at=2):
+    with open(path, 'rb') as f:
+        lines = f.read().split(b'\n')
+    lines.insert(at, line)
+    with open(path, 'wb') as f:
+        f.write(b'\n'.join(lines))
+
+
+def _report(capsys, *argv):
+    """``mmdet-gc report ARGV``: its stdout, and its stderr lines."""
+    from mmdet_gc.cli.report import main
+    main(list(argv), prog='mmdet-gc report')  # no SystemExit: status 0
+    out = capsys.readouterr()
+    return out.out, out.err.splitlines()
+
+
+def _one_warning(err, path):
+    warnings = [line for line in err if line.startswith('warning:')]
+    assert len(warnings) == 1 and path in warnings[0], err
+    assert 'Traceback' not in '\n'.join(err)
+    return warnings[0]
+
+
+@pytest.mark.parametrize('kind', BAD_LINES)
+def test_malformed_scalars_line_is_skipped_with_one_warning(
+        tmp_path, capsys, kind):
+    clean = write_run(tmp_path / 'clean', 'run', 0.3, 0.2)
+    want, _ = _report(capsys, clean)
+    bad = write_run(tmp_path, 'run', 0.3, 0.2)
+    # Twice, and once as the last line (with its newline): each is counted.
+    for at in (1, 3):
+        _insert_line(_scalars(bad), BAD_LINES[kind], at)
+    with open(_scalars(bad), 'ab') as f:
+        f.write(b'\n' + BAD_LINES[kind] + b'\n')
+    out, err = _report(capsys, bad)
+    assert out == want
+    assert 'skipped 3 malformed lines' in _one_warning(err, _scalars(bad))
+    assert read_run(bad).losses == read_run(clean).losses
+
+
+@pytest.mark.parametrize('kind', BAD_METRICS)
+def test_malformed_metric_is_dropped_with_one_warning(tmp_path, capsys, kind):
+    bad = write_run(tmp_path, 'run', 0.3, 0.2)
+    text = open(_scalars(bad)).read()
+    value = json.dumps(0.3)
+    assert text.count(f'"coco/bbox_mAP": {value}') == 1
+    with open(_scalars(bad), 'w') as f:
+        f.write(
+            text.replace(f'"coco/bbox_mAP": {value}',
+                         f'"coco/bbox_mAP": {BAD_METRICS[kind]}'))
+    out, err = _report(capsys, bad)
+    # The validation's other metrics are kept: only box AP is missing.
+    assert '| run | - | 31.0 | 32.0 |' in out
+    warning = _one_warning(err, _scalars(bad))
+    assert 'skipped 1 malformed value' in warning
+    assert 'coco/bbox_mAP' in warning
+
+
+@pytest.mark.parametrize('content', [
+    '[{"coco/bbox_mAP": 0.5}]', '3', '"coco/bbox_mAP"', 'null',
+    '{"coco/bbox_mAP": 0.5}\n{"coco/bbox_mAP": 0.5,,}\n'
+])
+def test_malformed_test_result_falls_back_to_validation(
+        tmp_path, capsys, content):
+    want, _ = _report(capsys, write_run(tmp_path / 'clean', 'run', 0.3, None))
+    bad = write_run(tmp_path, 'run', 0.3, None, test={})
+    path = osp.join(bad, '20260101_010000', '20260101_010000.json')
+    with open(path, 'w') as f:
+        f.write(content)
+    out, err = _report(capsys, bad)
+    if content.startswith('{'):  # its first line is valid
+        assert '| run | 50.0 |' in out
+    else:
+        assert out == want
+    _one_warning(err, path)
+
+
+def test_string_metric_in_test_result(tmp_path, capsys):
+    test = dict(coco(0.4), **{'coco/bbox_mAP': 'high'})
+    # mmdet writes this string next to the metrics: it is not read.
+    test['coco/bbox_mAP_copypaste'] = '0.400 0.410 0.420 0.430 0.440 0.450'
+    bad = write_run(tmp_path, 'run', 0.3, None, test=test)
+    out, err = _report(capsys, bad)
+    assert '| run | - | 41.0 | 42.0 |' in out
+    _one_warning(err, osp.join(bad, '20260101_010000', '20260101_010000.json'))
+
+
+@pytest.mark.parametrize('kind', ['folder', 'fifo'])
+def test_scalars_that_is_not_a_file_is_skipped(tmp_path, capsys, deadline,
+                                               kind):
+    bad = write_run(tmp_path, 'run', 0.3, None, test=coco(0.4))
+    os.remove(_scalars(bad))
+    if kind == 'folder':
+        os.mkdir(_scalars(bad))
+    else:  # opening it would wait for a writer forever
+        os.mkfifo(_scalars(bad))
+    out, err = _report(capsys, bad)
+    assert '| run | 40.0 |' in out
+    assert 'not a regular file' in _one_warning(err, _scalars(bad))
+
+
+def test_legitimate_logs_give_no_warning(tmp_path, capsys):
+    """What MMEngine writes passes as it is: a NaN or infinite loss (a
+    diverged run), -1 for a metric COCO did not compute, strings and lists
+    in keys the report does not read, a last line cut off mid-write."""
+    work = write_run(tmp_path, 'run', 0.3, None)
+    lines = [
+        dict(loss=float('nan'), step=60, lr=[0.02], epoch=1, iter=60),
+        dict(loss=float('inf'), step=70, memory=120),
+        dict(coco(0.3), step=70, **{'coco/bbox_mAP_s': -1.0}),
+    ]
+    with open(_scalars(work), 'a') as f:
+        f.write('\n' + '\n'.join(map(json.dumps, lines)) + '\n{"loss": 0.')
+    out, err = _report(capsys, work)
+    assert err == []
+    assert '| run | 30.0 | 31.0 | 32.0 | - |' in out
+    run = read_run(work)
+    assert run.losses[-2][0] == 60 and math.isnan(run.losses[-2][1])
+    assert run.losses[-1] == (70, float('inf'))
+
+
+def test_nothing_valid_is_one_line_error(tmp_path):
+    vis = tmp_path / 'bad' / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / 'scalars.json').write_text('[1]\n{"loss": "x"}\n')
+    out = subprocess.run(
+        [sys.executable, '-m', 'mmdet_gc', 'report',
+         str(tmp_path / 'bad')],
+        cwd=ROOT,
+        capture_output=True,
+        text=True)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr
+    err = out.stderr.splitlines()
+    warnings = [line for line in err if line.startswith('warning:')]
+    assert len(warnings) == 1 and 'skipped 2 malformed lines' in warnings[0]
+    assert err[-1].endswith('nothing valid in its MMEngine logs (see the '
+                            'warnings above)')
+
+
+def test_cli_on_a_damaged_work_dir(tmp_path):
+    """``python -m mmdet_gc report`` on a work dir with every kind of damage
+    at once: status 0, the table and the curves of the valid rest, one
+    warning per damaged file, no traceback."""
+    bad = write_run(tmp_path, 'run[1]', 0.3, None, test=coco(0.4))
+    for at, line in enumerate(BAD_LINES.values(), 1):
+        _insert_line(_scalars(bad), line, at)
+    test = osp.join(bad, '20260101_010000', '20260101_010000.json')
+    with open(test, 'a') as f:
+        f.write('\n[]\n')
+    png = tmp_path / 'curves.png'
+    out = subprocess.run(
+        [sys.executable, '-m', 'mmdet_gc', 'report', bad, '--plot',
+         str(png)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True)
+    assert out.returncode == 0, out.stderr
+    assert 'Traceback' not in out.stderr
+    assert '| run[1] | 40.0 |' in out.stdout
+    warnings = [
+        line for line in out.stderr.splitlines() if line.startswith('warning:')
+    ]
+    assert len(warnings) == 2, out.stderr
+    assert f'skipped {len(BAD_LINES)} malformed lines in {_scalars(bad)}' \
+        in warnings[0]
+    assert f'skipped 1 malformed line in {test}' in warnings[1]
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

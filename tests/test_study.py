@@ -8,6 +8,8 @@ import math
 import os
 import os.path as osp
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from mmdet_gc.diagnostics import IntensityShift, row_means
 from mmdet_gc.study import (METRICS, Arm, Plan, execute, make_arms,
                             paired_stats, read_study, summarize, write_report)
 
-from tool_helpers import ROOT, run_tool, tiny_config
+from tool_helpers import DEMO, ENV, ROOT, run_tool, tiny_config
 
 
 def test_paired_stats_against_hand_computed_values():
@@ -58,9 +60,7 @@ def _write_run(work, arm, seed, box, losses, shifts=(0., ), failed=False):
         (run / f'shift{shift:g}' / 'test.done').write_text('')
 
 
-@pytest.fixture
-def fake_study(tmp_path):
-    work = tmp_path / 'study'
+def _fake_study(work):
     for seed, (b, g) in enumerate([(0.30, 0.33), (0.32, 0.33), (0.31, 0.35)]):
         _write_run(work, 'base', seed, b, [2.0, 1.5], shifts=(-40., 0.))
         _write_run(work, 'SGD_GC', seed, g, [2.0, 1.4], shifts=(-40., 0.))
@@ -68,6 +68,11 @@ def fake_study(tmp_path):
     _write_run(work, 'base', 3, 0.01, [2.0, float('nan')], shifts=(-40., 0.))
     _write_run(work, 'SGD_GC', 3, 0., [2.0], failed=True)
     return work
+
+
+@pytest.fixture
+def fake_study(tmp_path):
+    return _fake_study(tmp_path / 'study')
 
 
 def test_report_counts_failed_and_diverged_runs_and_keeps_them(fake_study):
@@ -211,6 +216,8 @@ def test_two_arms_two_seeds_end_to_end(tmp_path, data_root):
     out = run_tool('tools/gc_study.py', cfg, '--gc', 'SGD_GC', '--seeds', '0',
                    '1', '--shifts', '0', '40', '--work-dir', str(work))
     assert 'run 4/4' in out.stdout
+    # What MMEngine and the hook wrote reads without a skip.
+    assert 'warning:' not in out.stderr
     summary = json.load(open(work / 'report.json'))
     assert summary['paired']['SGD_GC']['coco/bbox_mAP']['n'] == 2
     for arm in ('base', 'SGD_GC'):
@@ -224,3 +231,220 @@ def test_two_arms_two_seeds_end_to_end(tmp_path, data_root):
     again = run_tool('tools/gc_study.py', cfg, '--gc', 'SGD_GC', '--seeds',
                      '0', '1', '--shifts', '0', '40', '--work-dir', str(work))
     assert '0 run(s)' in again.stdout and '4 were done before' in again.stdout
+
+
+# A study's work dir is untrusted input: a malformed log line, record, file
+# or folder name is skipped with one warning naming it; the report is made
+# from the valid rest.
+
+
+def _scalars(work, arm='base', seed=0):
+    return work / arm / f'seed{seed}' / '20260101_000000' / 'vis_data' / \
+        'scalars.json'
+
+
+def _insert_line(path, line):
+    lines = path.read_bytes().split(b'\n')
+    path.write_bytes(b'\n'.join(lines[:1] + [line] + lines[1:]))
+
+
+def _folders(*names, under=('base', )):
+
+    def damage(work):
+        for name in names:
+            (work.joinpath(*under) / name).mkdir()
+        return work.joinpath(*under)
+
+    return damage
+
+
+def _line(line):
+
+    def damage(work):
+        _insert_line(_scalars(work), line)
+        return _scalars(work)
+
+    return damage
+
+
+def _file(name, content, under=('base', 'seed0')):
+
+    def damage(work):
+        path = work.joinpath(*under) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:  # a FIFO: opening it would wait forever
+            os.mkfifo(path)
+        else:
+            path.write_text(content)
+        return path
+
+    return damage
+
+
+#: Damage that leaves the report as it is: (what it does to a fake study)
+#: -> the file or folder its one warning names.
+HARMLESS = {
+    'seed folders': _folders('seedX', 'seed-1', 'seed', 'seed01', 'seed1.0',
+                             'seed١'),
+    'shift folders': _folders(
+        'shiftX',
+        'shiftnan',
+        'shiftinf',
+        'shift',
+        'shift0.0',
+        'shift1_0',
+        under=('base', 'seed0')),
+    'arm folder not text': _folders('bad\nname', under=()),
+    'line list': _line(b'[1]'),
+    'line number': _line(b'3'),
+    'line not JSON': _line(b'{"iter": 3,, "loss": 1.0}'),
+    'step string': _line(b'{"step": "x", "loss": 1.0}'),
+    'iter negative': _line(b'{"iter": -1, "loss": 1.0}'),
+    'iter bool': _line(b'{"iter": true, "loss": 1.0}'),
+    'loss list': _line(b'{"iter": 3, "loss": [1]}'),
+    'loss string': _line(b'{"iter": 3, "loss": "nan"}'),
+    # A test result in an extra offset folder, skipped whole.
+    'test result list': _file(
+        '20260101_000001.json',
+        '[{"coco/bbox_mAP": 0.5}]',
+        under=('base', 'seed0', 'shift20', '20260101_000001')),
+    'test result number': _file(
+        '20260101_000001.json',
+        '0.5',
+        under=('base', 'seed0', 'shift20', '20260101_000001')),
+    'drift not JSON': _file('row_mean_drift.json', '{"layers": '),
+    'drift list': _file('row_mean_drift.json', '[]'),
+    'drift layers list': _file('row_mean_drift.json', '{"layers": []}'),
+    'drift iter string': _file('row_mean_drift.json',
+                               '{"iter": "x", "layers": {}}'),
+    'drift FIFO': _file(
+        'row_mean_drift.json', None, under=('SGD_GC', 'seed0')),
+}
+
+
+@pytest.mark.parametrize('kind', HARMLESS)
+def test_damaged_study_reports_the_valid_rest(tmp_path, capsys, deadline,
+                                              kind):
+    from mmdet_gc.cli.study import main
+    want, _ = write_report(str(_fake_study(tmp_path / 'clean')), 0.05)
+    work = _fake_study(tmp_path / 'study')
+    named = HARMLESS[kind](work)
+    # No SystemExit: status 0.
+    argv = [DEMO, '--report-only', '--threshold', '0.05', '--work-dir']
+    main(argv + [str(work)], prog='mmdet-gc study')
+    out = capsys.readouterr()
+    assert want in out.out
+    assert (work / 'report.md').read_text() == want + '\n'
+    warnings = [
+        line for line in out.err.splitlines() if line.startswith('warning:')
+    ]
+    assert len(warnings) == 1 and str(named) in warnings[0], out.err
+    assert 'Traceback' not in out.err
+
+
+def test_malformed_metric_in_a_test_result(fake_study, capsys):
+    path = fake_study / 'SGD_GC' / 'seed1' / 'shift-40' / \
+        '20260101_000001' / '20260101_000001.json'
+    metrics = json.loads(path.read_text())
+    metrics['coco/bbox_mAP'] = 'high'
+    metrics['coco/bbox_mAP_50'] = float('inf')
+    path.write_text(json.dumps(metrics) + '\n')
+    results = {(r.arm, r.seed): r for r in read_study(str(fake_study))}
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0]
+    assert 'skipped 2 malformed values' in err[0]
+    # That offset's box AP is unknown; the run and its plain test are kept.
+    assert math.isnan(results[('SGD_GC', 1)].shifts[-40.])
+    assert results[('SGD_GC', 1)].shifts[0.] == pytest.approx(0.33)
+    assert results[('SGD_GC', 1)].status == 'ok'
+
+
+def test_drift_file_keeps_its_valid_layers(fake_study, capsys):
+    path = fake_study / 'base' / 'seed0' / 'row_mean_drift.json'
+    layers = {
+        'conv.weight': dict(max_drift=0.5, ndim=4),
+        'fc.weight': dict(max_drift=float('nan'), ndim=2),  # diverged
+        'a.weight': dict(max_drift='x', ndim=4),
+        'b.weight': dict(max_drift=0.7, ndim=True),
+        'c.weight': dict(max_drift=-1., ndim=4),
+        'd.weight': [0.9, 4],
+    }
+    path.write_text(json.dumps(dict(iter=2, layers=layers), indent=1))
+    drift = {(r.arm, r.seed): r.drift for r in read_study(str(fake_study))}
+    assert drift[('base', 0)]['conv'] == 0.5
+    assert math.isnan(drift[('base', 0)]['fc'])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0]
+    assert 'skipped 4 malformed layers' in err[0]
+
+
+def test_no_valid_run_folder_is_one_line_error(tmp_path):
+    from mmdet_gc.cli.study import main
+    work = tmp_path / 'study'
+    (work / 'base' / 'seedX').mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        main([DEMO, '--report-only', '--work-dir', str(work)])
+    assert str(e.value.code).endswith('no runs (expected <arm>/seed<N>/)')
+
+
+def test_report_files_replace_what_the_work_dir_holds(fake_study, tmp_path,
+                                                      deadline):
+    """A planted link is replaced, not written through; a folder in the
+    way is a one-line error."""
+    from mmdet_gc.cli.study import main
+    target = tmp_path / 'victim.txt'
+    target.write_text('keep')
+    (fake_study / 'report.md').symlink_to(target)
+    os.mkfifo(fake_study / 'report.json')
+    write_report(str(fake_study))
+    assert target.read_text() == 'keep'
+    assert not (fake_study / 'report.md').is_symlink()
+    assert json.load(open(fake_study / 'report.json'))['base'] == 'base'
+    os.remove(fake_study / 'report.png')
+    (fake_study / 'report.png').mkdir()
+    with pytest.raises(SystemExit) as e:
+        main([DEMO, '--report-only', '--work-dir', str(fake_study)])
+    assert 'report.png: cannot write it' in str(e.value.code)
+    assert sorted(os.listdir(fake_study)) == [
+        'SGD_GC', 'base', 'report.json', 'report.md', 'report.png'
+    ]
+
+
+@pytest.mark.parametrize('flags,error', [
+    (['--seeds', '-1'], '--seeds must be >= 0'),
+    (['--shifts', '0', 'nan'], '--shifts must be finite'),
+])
+def test_flags_that_name_unreadable_folders(tmp_path, flags, error):
+    from mmdet_gc.cli.study import main
+    with pytest.raises(SystemExit) as e:
+        main([DEMO, '--work-dir', str(tmp_path / 'w'), *flags])
+    assert error in str(e.value.code)
+    assert not (tmp_path / 'w').exists()
+
+
+def test_cli_report_only_on_a_damaged_study(tmp_path):
+    """``python -m mmdet_gc study --report-only`` with every kind of damage
+    at once: status 0, the report of the valid rest, one warning per
+    damaged file or folder, no traceback."""
+    want, _ = write_report(str(_fake_study(tmp_path / 'clean')), 0.05)
+    work = _fake_study(tmp_path / 'study')
+    # Damage to one file adds up (one warning); a later one replaces an
+    # earlier one's file.
+    named = {str(damage(work)) for damage in HARMLESS.values()}
+    out = subprocess.run([
+        sys.executable, '-m', 'mmdet_gc', 'study', DEMO, '--report-only',
+        '--threshold', '0.05', '--work-dir',
+        str(work)
+    ],
+                         cwd=ROOT,
+                         env=ENV,
+                         capture_output=True,
+                         text=True,
+                         timeout=120)  # a FIFO opened would wait forever
+    assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr
+    assert want in out.stdout
+    warnings = [
+        line for line in out.stderr.splitlines() if line.startswith('warning:')
+    ]
+    assert len(warnings) == len(named), out.stderr
+    assert {n for n in named if any(n in w for w in warnings)} == named

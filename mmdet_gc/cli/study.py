@@ -23,6 +23,7 @@ how far the weight row means moved (Yong et al., ECCV 2020: with SGD_GC
 they do not).
 """
 import argparse
+import math
 import os
 import os.path as osp
 import shlex
@@ -91,6 +92,12 @@ def check(args: argparse.Namespace) -> None:
         apply_gc(cfg.copy(), name)
     if len(set(args.seeds)) != len(args.seeds):
         raise InputError(f'--seeds has repeats: {args.seeds}')
+    # The report reads back only the run folders these name (seed<N>,
+    # shift<OFFSET>).
+    if any(s < 0 for s in args.seeds):
+        raise InputError(f'--seeds must be >= 0: {args.seeds}')
+    if not all(map(math.isfinite, args.shifts)):
+        raise InputError(f'--shifts must be finite: {args.shifts}')
     if 0. not in args.shifts:
         raise InputError('--shifts must include 0 (the plain test)')
     if args.only:

@@ -10,14 +10,16 @@ with no allow-list; a foreign one needs ``--trust-checkpoint`` (see
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
 import mmdet_gc  # noqa: F401  (GC optimizers, PlainCheckpointHook)
-from mmdet_gc.runner_utils import (InputError, add_runner_args, build_runner,
-                                   check_checkpoint, check_dataset_paths,
-                                   load_config, prepare_or_exit)
+from mmdet_gc.checkpoint import CheckpointDoor
+from mmdet_gc.runner_utils import (InputError, add_runner_args,
+                                   build_run_or_fail, check_checkpoint,
+                                   check_dataset_paths, load_config,
+                                   prepare_or_exit, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -69,12 +71,15 @@ def trigger_visualization_hook(cfg: Config,
     return cfg
 
 
-def build_cfg(args: argparse.Namespace) -> Config:
-    """The run's config from the flags; raises InputError on bad input."""
+def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
+    """The run's config from the flags, with the checkpoint read through
+    ``door``; raises InputError on bad input."""
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise InputError(f'--out must be a .pkl or .pickle file: {args.out}')
     cfg = load_config(args)
-    check_checkpoint(args.checkpoint, 'test', trust=args.trust_checkpoint)
+    build_run_or_fail(cfg, optimizer=False)
+    check_checkpoint(
+        door, args.checkpoint, 'test', trust=args.trust_checkpoint)
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
@@ -120,14 +125,16 @@ def main(argv: Optional[Sequence[str]] = None,
     """Run the command (``argv``: its arguments, default ``sys.argv[1:]``;
     ``prog``: its name in usage and error lines)."""
     args = parse_args(argv, prog)
-    cfg = prepare_or_exit(build_cfg, args, args.prog)
-    runner = build_runner(cfg)
+    cfg, door = prepare_or_exit(build_cfg, args, args.prog)
 
-    if args.out is not None:
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
-    runner.test()
+    def test(runner: Any) -> None:
+        if args.out is not None:
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(
+                DumpDetResults(out_file_path=args.out))
+        runner.test()
+
+    run_through_door(cfg, door, args.prog, test)
 
 
 if __name__ == '__main__':

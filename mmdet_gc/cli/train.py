@@ -16,10 +16,13 @@ from mmengine.config import Config
 from mmengine.runner import find_latest_checkpoint
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
+from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
+                                 check_resume_against_run)
 from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
-                                   build_runner, check_checkpoint,
+                                   build_run_or_fail, check_checkpoint,
                                    check_dataset_paths, check_optimizer,
-                                   load_config, prepare_or_exit)
+                                   load_config, prepare_or_exit,
+                                   pretrained_sources, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -54,8 +57,10 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
-def build_cfg(args: argparse.Namespace) -> Config:
-    """The run's config from the flags; raises InputError on bad input."""
+def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
+    """The run's config from the flags, with every checkpoint the run will
+    load read through ``door`` and checked against the run; raises
+    InputError on bad input."""
     cfg = load_config(args)
     if args.gc:
         apply_gc(cfg, args.gc)
@@ -81,20 +86,36 @@ def build_cfg(args: argparse.Namespace) -> Config:
                              '"auto_scale_lr.base_batch_size" in your'
                              ' configuration file.')
 
+    # What the runner will build, built now: a config (or --cfg-options
+    # value) that cannot build it stops here, before the work dir.
+    run = build_run_or_fail(cfg)
+
     trust = args.trust_checkpoint
+    resume_from = None
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
-        # The runner resumes from the work dir's last checkpoint, if any.
-        latest = find_latest_checkpoint(cfg.work_dir) \
+        # The runner resumes from the work dir's last checkpoint, if any:
+        # exactly the one checked here.
+        resume_from = find_latest_checkpoint(cfg.work_dir) \
             if osp.isdir(cfg.work_dir) else None
-        check_checkpoint(latest, '--resume', resume=True, trust=trust)
+        cfg.load_from = resume_from
     elif args.resume is not None:
-        check_checkpoint(args.resume, '--resume', resume=True, trust=trust)
+        resume_from = args.resume
         cfg.resume = True
         cfg.load_from = args.resume
     else:
-        check_checkpoint(cfg.get('load_from'), 'load_from', trust=trust)
+        check_checkpoint(door, cfg.get('load_from'), 'load_from', trust=trust)
+    if resume_from is not None:
+        ckpt = check_checkpoint(
+            door, resume_from, '--resume', resume=True, trust=trust)
+        try:
+            check_resume_against_run(ckpt, resume_from, cfg, run)
+        except CheckpointError as e:
+            raise InputError(f'--resume {e}') from None
+    # The weights the model starts from (e.g. torchvision://resnet50).
+    for source in pretrained_sources(cfg.model):
+        check_checkpoint(door, source, 'init_cfg')
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:
@@ -111,9 +132,8 @@ def main(argv: Optional[Sequence[str]] = None,
     args = parse_args(argv, prog)
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
-    cfg = prepare_or_exit(build_cfg, args, args.prog)
-    runner = build_runner(cfg)
-    runner.train()
+    cfg, door = prepare_or_exit(build_cfg, args, args.prog)
+    run_through_door(cfg, door, args.prog, lambda runner: runner.train())
 
 
 if __name__ == '__main__':

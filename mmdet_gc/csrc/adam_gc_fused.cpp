@@ -541,16 +541,23 @@ void adam_rows(const at::Tensor& grad, const at::Tensor& param,
 constexpr int64_t kAdamTaskElems = 1 << 14;
 
 bool like(const at::Tensor& t, const at::Tensor& p) {
-  return t.defined() && t.device().is_cpu() && t.is_contiguous() &&
+  return t.defined() && t.device().is_cpu() && reads_as_values(t) &&
       t.sizes() == p.sizes() && t.scalar_type() == p.scalar_type();
 }
 
-// Adds 1 to a step tensor (in its dtype, as ``step += 1``); returns it.
-double next_step(const at::Tensor& step) {
+// Refuses a step tensor next_step cannot update in place.
+void check_step(const at::Tensor& step) {
   TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
+                  reads_as_values(step) &&
                   (step.scalar_type() == at::kFloat ||
                    step.scalar_type() == at::kDouble),
-              "adam_gc_: step tensors must be 1-element float CPU tensors");
+              "adam_gc_: step tensors must be 1-element float CPU tensors "
+              "without the negative bit");
+}
+
+// Adds 1 to a step tensor (in its dtype, as ``step += 1``; checked by
+// check_step); returns it.
+double next_step(const at::Tensor& step) {
   double value;
   if (step.scalar_type() == at::kFloat) {
     float* s = step.data_ptr<float>();
@@ -589,12 +596,15 @@ void adam_gc_(const std::vector<at::Tensor>& params,
     const auto dtype = p.scalar_type();
     TORCH_CHECK(supported_dtype(dtype), "adam_gc_: unsupported dtype ",
                 dtype);
-    TORCH_CHECK(p.dim() >= 1 && p.device().is_cpu() && p.is_contiguous() &&
+    TORCH_CHECK(p.dim() >= 1 && p.device().is_cpu() && reads_as_values(p) &&
                     like(grads[t], p) && like(exp_avgs[t], p) &&
                     like(exp_avg_sqs[t], p) &&
                     (!amsgrad || like(max_exp_avg_sqs[t], p)),
                 "adam_gc_: param ", t, ", its grad and its state must be "
-                "contiguous CPU tensors of one shape and dtype");
+                "contiguous CPU tensors of one shape and dtype, without the "
+                "negative or conjugate bit");
+    // Before any step count moves.
+    check_step(state_steps[t]);
   }
   std::vector<double> steps(num);
   RowTasks tasks(kAdamTaskElems);

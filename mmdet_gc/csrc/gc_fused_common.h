@@ -105,6 +105,15 @@ struct RowSum {
   }
 };
 
+// Whether the kernels may read the memory of ``t`` as its values: in
+// row-major order, and without the negative or conjugate bit, which only
+// ATen's ops apply. fused.py sends any other tensor to the specification;
+// this guards direct calls.
+inline bool reads_as_values(const at::Tensor& t) {
+  return t.layout() == at::kStrided && t.is_contiguous() && !t.is_neg() &&
+      !t.is_conj();
+}
+
 inline bool supported_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble ||
       dtype == at::kHalf || dtype == at::kBFloat16;

@@ -258,22 +258,24 @@ std::vector<at::Tensor> sgd_gc_(
     const at::Tensor& g = grads[t];
     TORCH_CHECK(p.device().is_cpu() && g.device().is_cpu(),
                 "sgd_gc_: CPU tensors only");
-    TORCH_CHECK(p.dim() >= 1 && p.is_contiguous() && g.is_contiguous() &&
+    TORCH_CHECK(p.dim() >= 1 && reads_as_values(p) && reads_as_values(g) &&
                     g.sizes() == p.sizes() && g.scalar_type() ==
                     p.scalar_type(),
                 "sgd_gc_: param ", t, " and its grad must be contiguous "
-                "tensors of one shape and dtype");
+                "tensors of one shape and dtype, without the negative or "
+                "conjugate bit");
     const auto dtype = p.scalar_type();
     TORCH_CHECK(supported_dtype(dtype), "sgd_gc_: unsupported dtype ",
                 dtype);
     if (momentum != 0.) {
       const auto& given = momentum_buffers[t];
       if (given.has_value() && given->defined()) {
-        TORCH_CHECK(given->is_contiguous() && given->sizes() == p.sizes() &&
+        TORCH_CHECK(reads_as_values(*given) && given->sizes() == p.sizes() &&
                         given->scalar_type() == p.scalar_type() &&
                         given->device().is_cpu(),
                     "sgd_gc_: momentum buffer ", t,
-                    " must be a contiguous tensor like its param");
+                    " must be a contiguous tensor like its param, without "
+                    "the negative or conjugate bit");
         bufs.push_back(*given);
         modes[t] = dampening != 0. ? kDamped : kUpdate;
       } else {

@@ -1,0 +1,298 @@
+"""One door for every checkpoint source.
+
+MMEngine dispatches every checkpoint it loads on the source's scheme
+(``CheckpointLoader``: a local path, ``http(s)://``, ``torchvision://``,
+``open-mmlab://``, ``mmcls://``, ``s3://``, ``pavi://``...), from the test
+checkpoint, ``load_from``, ``--resume`` (and the path a work dir's
+``last_checkpoint`` names) and every ``init_cfg`` of type ``Pretrained``.
+Its loaders unpickle with ``weights_only=False`` for downloads
+(``torch.hub.load_state_dict_from_url``). :class:`CheckpointDoor` stands in
+for every one of them while it is installed (:meth:`CheckpointDoor.
+installed`, around the tools' runner): a source is resolved to a local
+file (a path that exists is always that file; a URL is downloaded into
+torch's hub cache, or taken from it, without being unpickled; a model-zoo
+name goes through MMEngine's own URL tables, which are data files), and
+the file is read by :func:`~mmdet_gc.checkpoint.reader.read_checkpoint`
+as data. ``weights_only=False`` is used only for a source the user trusted
+by name (``--trust-checkpoint``). Nothing is changed on ``import
+mmdet_gc``.
+
+The tools read their checkpoints through :meth:`CheckpointDoor.read` before
+the runner is built, so a refusal is one line and the work dir is
+untouched; the runner then gets the checked object, not a second read.
+
+(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
+module only makes the package's runs safe to resume and test.)
+"""
+import contextlib
+import os
+import os.path as osp
+import re
+import tempfile
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import CheckpointError
+from .reader import check_contents, read_checkpoint
+from .plain import from_plain, to_plain
+
+HTTP = ('http://', 'https://')
+TORCHVISION = ('modelzoo://', 'torchvision://')
+OPENMMLAB = ('open-mmlab://', 'openmmlab://')
+MMCLS = 'mmcls://'
+PAVI = 'pavi://'
+CEPH = (r'(\S+\:)?s3://', r'(\S+\:)?petrel://')
+
+
+def _schemes() -> Dict[str, Callable]:
+    from mmengine.runner.checkpoint import CheckpointLoader
+    return CheckpointLoader._schemes
+
+
+def scheme_of(source: str,
+              schemes: Optional[Dict[str, Callable]] = None) -> str:
+    """The ``CheckpointLoader`` prefix MMEngine dispatches ``source`` on
+    (``''`` for a local path), matched exactly as MMEngine matches it."""
+    return next((p for p in (schemes or _schemes()) if re.match(p, source)),
+                '')
+
+
+def hub_cache_file(url: str) -> str:
+    """Where torch's hub keeps the download of ``url``:
+    ``<hub_dir>/checkpoints/<the URL's file name>``, as
+    ``torch.hub.load_state_dict_from_url`` does."""
+    name = osp.basename(urlparse(url).path)
+    if name in ('', '.', '..'):
+        raise CheckpointError(f'checkpoint {url}: the URL names no file')
+    return osp.join(torch.hub.get_dir(), 'checkpoints', name)
+
+
+def download(url: str) -> str:
+    """``url`` in torch's hub cache, downloaded if it is not there yet (not
+    unpickled); in a distributed run, rank 0 downloads first."""
+    from mmengine.dist import barrier, get_dist_info
+    dst = hub_cache_file(url)
+    rank, world_size = get_dist_info()
+    for turn in (0, 1) if world_size > 1 else (0, ):
+        if (rank == 0) == (turn == 0) and not osp.exists(dst):
+            os.makedirs(osp.dirname(dst), exist_ok=True)
+            try:  # writes a temporary file, then moves it into place
+                torch.hub.download_url_to_file(url, dst, progress=False)
+            except Exception as e:
+                raise CheckpointError(f'checkpoint {url} cannot be '
+                                      f'downloaded: {_reason(e)}') from None
+        if world_size > 1 and turn == 0:
+            barrier()
+    return dst
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
+
+
+def _zoo_url(source: str, prefix: str, table: Callable[[], dict],
+             what: str) -> str:
+    name = source[len(prefix):]
+    try:
+        urls = table()
+    except Exception as e:  # a broken table or package
+        raise CheckpointError(f'checkpoint {source}: the {what} table cannot '
+                              f'be read ({_reason(e)})') from None
+    url = urls.get(name) if isinstance(urls, dict) else None
+    if not isinstance(url, str):
+        raise CheckpointError(f'checkpoint {source}: {what} has no model '
+                              f'named {name!r}')
+    return url
+
+
+def torchvision_urls() -> dict:
+    """``torchvision://`` names: the table MMEngine ships for torchvision
+    0.12 (a data file; no torchvision needed), then torchvision's own
+    names where torchvision imports."""
+    import mmengine
+    from mmengine.fileio import load
+    urls = load(osp.join(mmengine.__path__[0], 'hub',
+                         'torchvision_0.12.json'))
+    try:
+        from mmengine.runner.checkpoint import get_torchvision_models
+        urls = {**get_torchvision_models(), **urls}
+    except Exception:  # no (or a broken) torchvision: the shipped table
+        pass
+    return urls
+
+
+def _openmmlab_file(source: str) -> str:
+    from mmengine.runner.checkpoint import (_get_mmengine_home,
+                                            get_deprecated_model_names,
+                                            get_external_models)
+    prefix = next(p for p in OPENMMLAB if source.startswith(p))
+    name = source[len(prefix):]
+    deprecated = get_deprecated_model_names()
+    if name in deprecated:
+        source = prefix + deprecated[name]
+    url = _zoo_url(source, prefix, get_external_models, 'open-mmlab')
+    if url.startswith(HTTP):
+        return download(url)
+    return osp.join(_get_mmengine_home(), url)
+
+
+def _ceph_file(source: str, folder: str) -> str:
+    from mmengine.fileio import get_file_backend
+    backend = get_file_backend(source, backend_args={'backend': 'petrel'})
+    path = osp.join(folder, 'checkpoint.pth')
+    with open(path, 'wb') as f:
+        f.write(backend.get(source))
+    return path
+
+
+def _pavi_file(source: str, folder: str) -> str:
+    from pavi import modelcloud
+    model = modelcloud.get(source[len(PAVI):])
+    path = osp.join(folder, 'checkpoint.pth')
+    model.download(path)
+    return path
+
+
+def local_file(
+    source: str,
+    folder: str,
+    schemes: Optional[Dict[str, Callable]] = None
+) -> Tuple[str, Optional[Callable[[dict], dict]]]:
+    """The local file that holds ``source``, and what MMEngine does to the
+    loaded checkpoint afterwards (``mmcls://``: keep the backbone).
+
+    A path that exists is that file, whatever it looks like. Remote
+    storage without a cache (``s3://``, ``pavi://``) is fetched into
+    ``folder``.
+
+    Raises:
+        CheckpointError: A source the door does not read (a scheme another
+            package registered), a model-zoo name that is not in its table,
+            or a failed download.
+    """
+    if osp.exists(osp.expanduser(source)):
+        return osp.expanduser(source), None
+    scheme = scheme_of(source, schemes)
+    if scheme == '':
+        return osp.expanduser(source), None
+    if scheme in HTTP:
+        return download(source), None
+    if scheme in TORCHVISION:
+        return download(
+            _zoo_url(source, scheme, torchvision_urls, 'torchvision')), None
+    if scheme in OPENMMLAB:
+        return _openmmlab_file(source), None
+    if scheme == MMCLS:
+        from mmengine.runner.checkpoint import (_process_mmcls_checkpoint,
+                                                get_mmcls_models)
+        url = _zoo_url(source, scheme, get_mmcls_models, 'mmcls')
+        return download(url), _process_mmcls_checkpoint
+    try:
+        if scheme in CEPH:
+            return _ceph_file(source, folder), None
+        if scheme == PAVI:
+            return _pavi_file(source, folder), None
+    except CheckpointError:
+        raise
+    except Exception as e:  # no petrel / pavi client, no such object...
+        raise CheckpointError(f'checkpoint {source} cannot be fetched: '
+                              f'{_reason(e)}') from None
+    raise CheckpointError(
+        f'checkpoint {source}: its scheme {scheme!r} is not one mmdet-gc '
+        'reads as data; fetch the file and give its local path (or pass '
+        '--trust-checkpoint to let the loader that package registered '
+        'read this one source)')
+
+
+class CheckpointDoor:
+    """Every checkpoint of a run, read as data through one door.
+
+    Args:
+        trusted (iterable of str): Sources (exactly as the config or the
+            command line names them) the user consents to load with
+            ``weights_only=False`` (``--trust-checkpoint``).
+
+    Example:
+        >>> door = CheckpointDoor()
+        >>> door.read(cfg.load_from, 'load_from')  # checked up front
+        >>> with door.installed():
+        ...     runner = Runner.from_cfg(cfg)
+        ...     runner.train()  # load_from, resume and init_cfg: the door
+    """
+
+    def __init__(self, trusted: Tuple[str, ...] = ()) -> None:
+        self.trusted = set(trusted)
+        self._checked: Dict[str, dict] = {}
+        # MMEngine's own loaders, as registered before the door is
+        # installed: for dispatch, and for a trusted foreign scheme.
+        self._schemes = dict(_schemes())
+
+    def trust(self, source: str) -> None:
+        """Consent to load ``source`` with ``weights_only=False``."""
+        self.trusted.add(source)
+
+    def _read(self, source: str) -> dict:
+        trust = source in self.trusted
+        scheme = scheme_of(source, self._schemes)
+        loader = self._schemes.get(scheme)
+        if trust and scheme not in _known() and loader is not None and \
+                not osp.exists(osp.expanduser(source)):
+            # Another package's scheme, trusted by name: its own loader.
+            return from_plain(to_plain(loader(source, 'cpu')))
+        with tempfile.TemporaryDirectory() as folder:
+            path, after = local_file(source, folder, self._schemes)
+            try:
+                ckpt = read_checkpoint(path, trust=trust)
+            except CheckpointError as e:
+                if path == source:
+                    raise
+                raise CheckpointError(f'{e} (read for {source})') from None
+        return after(ckpt) if after else ckpt
+
+    def read(self, source: str, resume: bool = False) -> dict:
+        """Read ``source`` and check what MMEngine will read from it
+        (:func:`~mmdet_gc.checkpoint.reader.check_contents`); the runner's
+        next load of ``source`` gets this object.
+
+        Raises:
+            CheckpointError: One line naming the source and the problem.
+        """
+        ckpt = self._read(source)
+        check_contents(ckpt, source, resume)
+        self._checked[source] = ckpt
+        return ckpt
+
+    def load(self, filename: str, map_location: Any = None) -> dict:
+        """The loader MMEngine calls for every scheme while the door is
+        installed. Tensors stay on the CPU: MMEngine copies weights into
+        the model and optimizer state onto the parameters' device."""
+        if filename in self._checked:
+            return self._checked.pop(filename)
+        ckpt = self._read(filename)
+        check_contents(ckpt, filename, resume=False)
+        return ckpt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator['CheckpointDoor']:
+        """Make this door MMEngine's loader for every scheme, for the
+        ``with`` block only."""
+        from mmengine.runner.checkpoint import CheckpointLoader
+        saved = CheckpointLoader._schemes
+
+        def load_from_mmdet_gc_door(filename: str,
+                                    map_location: Any = None) -> dict:
+            return self.load(filename, map_location)
+
+        CheckpointLoader._schemes = type(saved)(
+            (prefix, load_from_mmdet_gc_door) for prefix in saved)
+        try:
+            yield self
+        finally:
+            CheckpointLoader._schemes = saved
+
+
+def _known() -> Tuple[str, ...]:
+    return ('', *HTTP, *TORCHVISION, *OPENMMLAB, MMCLS, PAVI, *CEPH)

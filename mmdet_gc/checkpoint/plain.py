@@ -1,0 +1,304 @@
+"""Plain checkpoints: what torch's default ``weights_only=True`` loader
+accepts with no allow-list.
+
+MMEngine 0.10 checkpoints hold the message hub's ``HistoryBuffer`` objects
+and numpy values. :class:`PlainCheckpointHook` writes the checkpoints of our
+runs with those as marked dicts of tensors (:func:`to_plain`), so that stock
+``torch.load`` loads them, and turns them back after loading
+(:func:`from_plain`), so that ``--resume`` is bit for bit.
+
+(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
+module only makes the package's runs safe to resume and test.)
+"""
+import os.path as osp
+from collections import OrderedDict
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+
+from .errors import CheckpointError
+
+TAG = '__mmdet_gc__'
+
+# Deeper than any checkpoint MMEngine writes; a crafted file could nest
+# until Python's recursion limit, inside the runner.
+MAX_DEPTH = 64
+
+# MMEngine 0.10's Runner.resume executes ``meta['config']`` (a string) as a
+# Python config file, to read ``gpu_ids``: code in plain data. MMEngine
+# itself writes the config as ``meta['cfg']``, which is only text.
+EXECUTED_META = 'config'
+
+# numpy dtypes written as tensors; from_plain accepts no other dtype name.
+_NUMPY_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
+                 'uint32', 'uint64', 'float16', 'float32', 'float64',
+                 'complex64', 'complex128')
+
+# What torch's default weights_only unpickler rebuilds (no allow-list).
+_PLAIN_SCALARS = (str, bytes, bytearray, bool, int, float, complex, type(None),
+                  torch.dtype, torch.device, torch.Size)
+
+
+def _np_to_plain(arr: np.ndarray) -> Dict[str, Any]:
+    name = arr.dtype.name
+    if name not in _NUMPY_DTYPES:
+        raise TypeError(f'numpy dtype {arr.dtype} cannot be saved as plain '
+                        'data')
+    return {TAG: 'ndarray', 'data': torch.from_numpy(np.array(arr))}
+
+
+def _np_from_plain(obj: dict, where: str) -> np.ndarray:
+    data = obj.get('data')
+    if type(data) is not torch.Tensor or data.layout != torch.strided:
+        raise ValueError(f'{where}: an array without tensor data')
+    # What to_plain writes: a plain, contiguous tensor inside its storage
+    # (a crafted one could declare terabytes over one element, or carry
+    # conjugate / negative bits numpy cannot read).
+    if data.is_conj() or data.is_neg() or data.is_quantized or \
+            not data.is_contiguous() or data.untyped_storage().nbytes() < \
+            (data.storage_offset() + data.numel()) * data.element_size():
+        raise ValueError(f'{where}: an array whose tensor is not a plain, '
+                         'contiguous one inside its storage')
+    arr = data.detach().cpu().numpy().copy()
+    if arr.dtype.name not in _NUMPY_DTYPES:
+        raise ValueError(f'{where}: an array of dtype {arr.dtype}')
+    return arr
+
+
+def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
+    """``obj`` with every ``HistoryBuffer`` and numpy value made plain data.
+
+    A ``HistoryBuffer`` becomes a dict of its history arrays and
+    ``max_length`` (its statistics methods are class-level and come from
+    code, not from the file); a numpy array or scalar becomes a dict holding
+    a tensor of the same dtype, so :func:`from_plain` restores it bit for
+    bit. Dicts that hold the key :data:`TAG` themselves are escaped.
+
+    Args:
+        obj: A checkpoint, or any part of one.
+        where (str): The key path, for error messages.
+
+    Raises:
+        TypeError: An object torch's ``weights_only=True`` loader would
+            refuse and that has no plain form; the message names its path.
+    """
+    from mmengine.logging import HistoryBuffer
+    if isinstance(obj, torch.Tensor):
+        # A Parameter or other subclass is saved as the plain tensor.
+        return obj if type(obj) is torch.Tensor else \
+            obj.detach().as_subclass(torch.Tensor)
+    if type(obj) in _PLAIN_SCALARS:
+        return obj
+    if isinstance(obj, HistoryBuffer):
+        return {
+            TAG: 'HistoryBuffer',
+            'log_history': _np_to_plain(np.asarray(obj._log_history)),
+            'count_history': _np_to_plain(np.asarray(obj._count_history)),
+            'max_length': int(obj.max_length),
+        }
+    if isinstance(obj, (np.str_, np.bytes_)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return _np_to_plain(obj)
+    if isinstance(obj, np.generic):
+        return {**_np_to_plain(np.asarray(obj)), TAG: 'numpy_scalar'}
+    if isinstance(obj, dict):  # ConfigDict, defaultdict... become dicts
+        out = (OrderedDict if isinstance(obj, OrderedDict) else dict)(
+            (k, to_plain(v, f'{where}.{k}')) for k, v in obj.items())
+        return {TAG: 'dict', 'items': out} if TAG in out else out
+    if isinstance(obj, (list, tuple, set)) and not hasattr(obj, '_fields'):
+        base = next(t for t in (list, tuple, set) if isinstance(obj, t))
+        return base(to_plain(v, f'{where}[{i}]') for i, v in enumerate(obj))
+    raise TypeError(
+        f'{where} is a {type(obj).__module__}.{type(obj).__qualname__}, '
+        "which torch.load(weights_only=True) does not load; keep a "
+        "checkpoint's contents to tensors, numbers, strings, lists, tuples "
+        'and dicts')
+
+
+def from_plain(obj: Any, where: str = 'checkpoint', depth: int = 0) -> Any:
+    """Undo :func:`to_plain`; safe on untrusted input.
+
+    Only the three marked forms are rebuilt, from tensors of a numeric dtype
+    through ``HistoryBuffer``'s own constructor: no class is looked up by a
+    name taken from the file.
+
+    Raises:
+        ValueError: A malformed marked dict, or nesting deeper than
+            :data:`MAX_DEPTH`; the message names its path.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(f'{where}: nested deeper than {MAX_DEPTH} levels')
+    if isinstance(obj, dict):
+        kind = obj.get(TAG)
+        if kind is None:
+            return _from_plain_items(obj, where, depth)
+        if kind == 'dict' and isinstance(obj.get('items'), dict):
+            return _from_plain_items(obj['items'], where, depth)
+        if kind == 'ndarray':
+            return _np_from_plain(obj, where)
+        if kind == 'numpy_scalar':
+            arr = _np_from_plain(obj, where)
+            if arr.ndim != 0:
+                raise ValueError(f'{where}: a numpy scalar of shape '
+                                 f'{arr.shape}')
+            return arr[()]
+        if kind == 'HistoryBuffer':
+            return _history_buffer(obj, where)
+        raise ValueError(f'{where}: unknown marked object {kind!r}')
+    if type(obj) in (list, tuple, set):
+        return type(obj)(from_plain(v, f'{where}[{i}]', depth + 1)
+                         for i, v in enumerate(obj))
+    return obj
+
+
+def _from_plain_items(obj: dict, where: str, depth: int) -> dict:
+    # dict, OrderedDict or Counter: what torch rebuilds. Attributes a
+    # pickle's BUILD may have set on it are not carried over.
+    out = type(obj)()
+    for k, v in obj.items():
+        out[k] = from_plain(v, f'{where}.{k}', depth + 1)
+    return out
+
+
+def _history_buffer(obj: dict, where: str) -> Any:
+    logs, counts, max_length = (
+        obj.get(k) for k in ('log_history', 'count_history', 'max_length'))
+    if not (isinstance(logs, dict) and isinstance(counts, dict)):
+        raise ValueError(f'{where}: a malformed HistoryBuffer')
+    return make_history_buffer(
+        _np_from_plain(logs, where + '.log_history'),
+        _np_from_plain(counts, where + '.count_history'), max_length, where)
+
+
+def make_history_buffer(logs: np.ndarray, counts: np.ndarray,
+                        max_length: Any, where: str) -> Any:
+    """A ``HistoryBuffer`` built through its constructor from checked
+    histories: its statistics methods come from code, never from a file.
+
+    Raises:
+        ValueError: Histories of another shape or a bad ``max_length``;
+            the message names ``where``.
+    """
+    from mmengine.logging import HistoryBuffer
+    if not (type(max_length) is int and max_length > 0):
+        raise ValueError(f'{where}: a malformed HistoryBuffer')
+    if logs.ndim != 1 or logs.shape != counts.shape \
+            or len(logs) > max_length:
+        raise ValueError(f'{where}: a HistoryBuffer whose histories do not '
+                         'match')
+    buffer = HistoryBuffer(max_length=max_length)
+    buffer._log_history, buffer._count_history = logs, counts
+    return buffer
+
+
+class PlainCheckpointHook(Hook):
+    """Save checkpoints as plain data; restore them after loading.
+
+    ``before_save_checkpoint`` rewrites the checkpoint dict in place with
+    :func:`to_plain`, so the file holds only what ``torch.load`` with
+    ``weights_only=True`` accepts without any allow-list.
+    ``after_load_checkpoint`` applies :func:`from_plain` before the runner
+    hands the message hub its ``HistoryBuffer``s, so ``--resume`` restores
+    the logged history (smoothed losses, ``save_best``) bit for bit.
+
+    Its priority is ``LOWEST`` so that it sees what every other hook added
+    to the checkpoint. The tools add it to any config that lacks it.
+    """
+
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        optimizer = _optimizer_type(runner)
+        if optimizer is not None:  # for the resume check below
+            checkpoint.setdefault('meta', {})['optimizer_type'] = optimizer
+        plain = to_plain(checkpoint)
+        checkpoint.clear()
+        checkpoint.update(plain)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        try:
+            restored = from_plain(checkpoint)
+        except ValueError as e:
+            raise CheckpointError(f'checkpoint is malformed: {e}') from None
+        meta = restored.get('meta')
+        if isinstance(meta, dict) and EXECUTED_META in meta:
+            # Runner.resume would exec this string as a config file.
+            del meta[EXECUTED_META]
+            runner.logger.warning(
+                'dropped meta.config from the loaded checkpoint: MMEngine '
+                'would execute it as Python on resume')
+        if getattr(runner, '_resume', False):
+            _warn_on_other_optimizer(runner, restored)
+            _confine_checkpoint_paths(runner, restored)
+        checkpoint.clear()
+        checkpoint.update(restored)
+
+
+def _confine_checkpoint_paths(runner: Any, checkpoint: dict) -> None:
+    """Keep MMEngine's CheckpointHook to this run's own files on resume.
+
+    It removes ``runtime_info['best_ckpt*']`` when a better one comes, and
+    ``iter_<id>.pth`` for the oldest ``keep_ckpt_ids``: paths and ids taken
+    from the file. A best checkpoint outside the work dir is forgotten (not
+    removed), and ids after the checkpoint's own step are dropped.
+    """
+    hub = checkpoint.get('message_hub') or {}
+    info, resumed = hub.get('runtime_info'), hub.get('resumed_keys')
+    if not isinstance(info, dict):
+        return
+    root = osp.realpath(runner.work_dir)
+    for key in [k for k in info if k.startswith('best_ckpt')]:
+        path = info[key]
+        if not (isinstance(path, str)
+                and osp.dirname(osp.realpath(path)) == root):
+            del info[key]
+            if isinstance(resumed, dict):
+                resumed.pop(key, None)
+            runner.logger.warning(
+                f'forgot runtime_info.{key}={path!r} from the checkpoint: '
+                f'it is not in this run\'s work dir {root}, so it will not '
+                'be removed when a better checkpoint comes')
+    ids = info.get('keep_ckpt_ids')
+    if isinstance(ids, list):
+        meta = checkpoint.get('meta') or {}
+        last = max(meta.get('iter', 0), meta.get('epoch', 0))
+        kept = sorted({i for i in ids if type(i) is int and 0 < i <= last})
+        if kept != ids:
+            runner.logger.warning(
+                'keep_ckpt_ids from the checkpoint trimmed to the steps it '
+                f'had reached: {kept}')
+            info['keep_ckpt_ids'] = kept
+
+
+def _optimizer_type(runner: Any) -> Optional[str]:
+    """The class name of the runner's (single) optimizer, once built."""
+    optimizer = getattr(
+        getattr(runner, 'optim_wrapper', None), 'optimizer', None)
+    return type(optimizer).__name__ if optimizer is not None else None
+
+
+def _warn_on_other_optimizer(runner: Any, checkpoint: dict) -> None:
+    """One warning when a run resumes another optimizer's state (SGD to
+    SGD_GC or back, SGD_GC to SGD_GCC): the state carries over, and the
+    config's optimizer and GC switches are used from then on."""
+    current = _optimizer_type(runner)
+    meta = checkpoint.get('meta') or {}
+    saved = meta.get('optimizer_type')
+    if current is None or saved == current:
+        return
+    if saved is None:  # a stock MMEngine checkpoint: ask its param groups
+        groups = (checkpoint.get('optimizer') or {}).get('param_groups')
+        if not isinstance(groups, list) or not groups:
+            return
+        was_gc = all(isinstance(g, dict) and 'gc' in g for g in groups)
+        from ..optim import GCOptimizer
+        if was_gc == isinstance(runner.optim_wrapper.optimizer, GCOptimizer):
+            return
+        saved = 'a GC optimizer' if was_gc else 'a non-GC optimizer'
+    runner.logger.warning(
+        f'resuming a checkpoint trained with {saved} under {current}: its '
+        f'optimizer state (momentum buffers...) carries over, and {current} '
+        'with the GC switches of this config is used from here')

@@ -1,0 +1,367 @@
+"""What the runner acts on, checked against the objects the run builds.
+
+Before ``--resume`` hands a checkpoint to MMEngine's runner, the tools
+build the config's model, optimizer wrapper and parameter schedulers on the
+CPU (:func:`build_run`) and check the file against them
+(:func:`check_resume_against_run`): the iteration counters against the
+configured length; the optimizer's groups, their parameter lists and every
+hyper-parameter against the optimizer the config builds (of the same kind,
+finite, and accepted by the optimizer's own constructor); each state
+buffer against its parameter (shape, dtype, a dense strided layout, finite
+values); each scheduler state against the scheduler the config builds
+(only the keys its own ``state_dict`` produces, values of the same kind).
+The state is then loaded into the throw-away objects, as the runner would.
+Each failure is one line naming the file and the key path.
+
+(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
+module only makes the package's runs safe to resume.)
+"""
+import contextlib
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from mmengine.config import Config
+
+from .errors import CheckpointError
+from .reader import non_finite, real_number
+
+
+@dataclass
+class RunObjects:
+    """What the config builds: the model, its optimizer wrapper and the
+    parameter schedulers (a list, or a dict of lists by optimizer name)."""
+    model: Any
+    optim_wrapper: Any = None
+    schedulers: Any = None
+
+
+def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
+    """Build the config's model and, with ``optimizer``, its optimizer
+    wrapper and parameter schedulers, as MMEngine's runner builds them, on
+    the CPU and without loading any weights.
+
+    Raises:
+        BuildError: What a registry raised on a bad config, naming the
+            part (``model``, ``optim_wrapper`` with its optimizer type,
+            ``param_scheduler``).
+    """
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, PARAM_SCHEDULERS, DefaultScope
+    scope = cfg.get('default_scope', 'mmdet')
+    with DefaultScope.overwrite_default_scope(scope):
+        if scope is not None and DefaultScope.get_current_instance() is None:
+            DefaultScope.get_instance('mmdet_gc_checks', scope_name=scope)
+        with _part('model'):
+            model = MODELS.build(copy.deepcopy(cfg.model))
+        if not optimizer or cfg.get('optim_wrapper') is None:
+            return RunObjects(model)
+        kind = (cfg.optim_wrapper.get('optimizer') or {}).get('type')
+        kind = getattr(kind, '__name__', kind)
+        with _part(f'optim_wrapper (optimizer {kind})'):
+            wrapper = build_optim_wrapper(model,
+                                          copy.deepcopy(cfg.optim_wrapper))
+        schedulers = cfg.get('param_scheduler')
+        if schedulers is None:
+            return RunObjects(model, wrapper)
+        train = cfg.get('train_cfg') or {}
+
+        def build(configs: Any, optim: Any) -> List[Any]:
+            out = []
+            for one in configs if isinstance(configs, list) else [configs]:
+                one = copy.deepcopy(one)
+                by_epoch = one.get('by_epoch', True)
+                end = train.get('max_epochs' if by_epoch else 'max_iters')
+                if end is not None:
+                    one.setdefault('end', end)
+                # The state's keys do not depend on the epoch length.
+                out.append(
+                    PARAM_SCHEDULERS.build(
+                        one, default_args=dict(optimizer=optim,
+                                               epoch_length=1)))
+            return out
+
+        with _part('param_scheduler'):
+            if isinstance(schedulers, dict) and 'type' not in schedulers:
+                built = {
+                    name: build(schedulers[name], wrapper[name])
+                    for name in schedulers
+                }
+            else:
+                built = build(schedulers, wrapper)
+        return RunObjects(model, wrapper, built)
+
+
+class BuildError(ValueError):
+    """A part of the run that the config cannot build; one line."""
+
+
+@contextlib.contextmanager
+def _part(name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:  # whatever a registry or a constructor raises
+        text = str(e).strip().splitlines()
+        raise BuildError(f'{name}: {type(e).__name__}: '
+                         f'{text[0][:300] if text else ""}') from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return 'tensor'
+    if isinstance(value, bool):
+        return 'bool'
+    if real_number(value) is not None or isinstance(value, (int, float)):
+        return 'number'
+    if isinstance(value, (list, tuple)):
+        return 'sequence'
+    if isinstance(value, dict):
+        return 'dict'
+    if value is None:
+        return 'None'
+    if isinstance(value, str):
+        return 'str'
+    return 'object'
+
+
+def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
+    """Why ``saved`` (from a file) cannot stand for ``built`` (what the run
+    holds), or None: the same kind of value (a number for a number, a list
+    of as many for a list...), at any depth."""
+    kind, want = _kind(saved), _kind(built)
+    if want == 'None':  # e.g. foreach=None: a plain value may replace it
+        if kind in ('None', 'bool', 'number', 'str'):
+            return None
+    elif want == 'bool' and kind == 'None':  # a switch left to default
+        return None
+    elif want == 'object':  # a method or helper object of the scheduler
+        return f'{where} would replace a {type(built).__name__}'
+    elif kind != want:
+        return f'{where} is a {kind}, not a {want}'
+    if kind == 'tensor' and (saved.shape != built.shape
+                             or saved.dtype != built.dtype):
+        return (f'{where} is a {saved.dtype} tensor of shape '
+                f'{tuple(saved.shape)}, not {built.dtype} '
+                f'{tuple(built.shape)}')
+    if kind == 'sequence':
+        if len(saved) != len(built):
+            return f'{where} has {len(saved)} values, not {len(built)}'
+        for i, (a, b) in enumerate(zip(saved, built)):
+            why = same_kind(a, b, f'{where}[{i}]')
+            if why:
+                return why
+    if kind == 'dict' and built:  # e.g. a Counter of milestones
+        model_key, model_value = next(iter(built.items()))
+        for k, v in saved.items():
+            why = same_kind(k, model_key, f'{where} key') or same_kind(
+                v, model_value, f'{where}[{k!r:.20}]')
+            if why:
+                return why
+    if non_finite(saved):
+        return f'{where} is {saved!r:.40}, not a finite real number'
+    return None
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """A strided tensor whose elements each have their own memory and fill
+    its span: what a kernel reads as values."""
+    if t.layout != torch.strided or t.is_neg() or t.is_conj():
+        return False
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _check_group_values(saved: dict, built: dict, where: str) -> None:
+    for key, value in saved.items():
+        if key == 'params':
+            continue
+        if key in built:
+            why = same_kind(value, built[key], f'{where}.{key}')
+        elif _kind(value) in ('bool', 'number', 'str', 'None'):
+            why = same_kind(value, value, f'{where}.{key}')
+        else:
+            why = f'{where}.{key} is not a value this optimizer keeps'
+        if why:
+            raise ValueError(why)
+
+
+def _check_hyper_parameters(optimizer: Any, group: dict, where: str) -> None:
+    """Ranges, by the optimizer's own constructor: the values a group holds
+    must be values the config could have given."""
+    params = inspect.signature(type(optimizer).__init__).parameters
+    kwargs = {
+        k: v
+        for k, v in group.items() if k in params and k not in ('self',
+                                                                'params')
+    }
+    dummy = torch.zeros(2, 2, requires_grad=True)
+    try:
+        type(optimizer)([dummy], **kwargs)
+    except Exception as e:  # ValueError, TypeError, RuntimeError...
+        text = str(e).strip().splitlines()
+        raise ValueError(f'{where}: {text[0] if text else type(e).__name__}'
+                         ) from None
+
+
+def _check_state(state: dict, params: Dict[Any, torch.Tensor],
+                 where: str) -> None:
+    for pid, entry in state.items():
+        if pid not in params:
+            raise ValueError(f'{where}[{pid!r:.20}] is the state of no '
+                             'parameter of the optimizer')
+        if not isinstance(entry, dict):
+            raise ValueError(f'{where}[{pid}] is not a dict')
+        param = params[pid]
+        for key, value in entry.items():
+            at = f'{where}[{pid}].{key}'
+            if isinstance(value, torch.Tensor):
+                if not _dense(value):
+                    raise ValueError(f'{at} is not a dense strided tensor')
+                if value.dim() == 0 or (key == 'step'
+                                        and value.numel() == 1):
+                    if non_finite(value) or value.is_complex() or (
+                            key == 'step' and float(value) < 0):
+                        raise ValueError(f'{at} is {value!r:.40}, not a '
+                                         'finite count')
+                    continue
+                if value.shape != param.shape or value.dtype != param.dtype:
+                    raise ValueError(
+                        f'{at} is a {value.dtype} tensor of shape '
+                        f'{tuple(value.shape)}; its parameter is '
+                        f'{param.dtype} {tuple(param.shape)}')
+                if non_finite(value):
+                    raise ValueError(f'{at} holds values that are not '
+                                     'finite')
+            elif value is not None and (real_number(value) is None
+                                        or non_finite(value)):
+                raise ValueError(f'{at} is {value!r:.40}, not a tensor or '
+                                 'a finite number')
+
+
+def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
+    optimizer = wrapper.optimizer
+    built = optimizer.state_dict()
+    groups = saved.get('param_groups') if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(
+            saved.get('state'), dict):
+        raise ValueError(f'{where} is malformed')
+    if len(groups) != len(built['param_groups']):
+        raise ValueError(f'{where}.param_groups has {len(groups)} groups; '
+                         f'the config builds {len(built["param_groups"])}')
+    ids = []
+    for i, (group, want) in enumerate(zip(groups, built['param_groups'])):
+        at = f'{where}.param_groups[{i}]'
+        if not isinstance(group, dict) or not isinstance(
+                group.get('params'), list):
+            raise ValueError(f'{at} is malformed')
+        if len(group['params']) != len(want['params']):
+            raise ValueError(f'{at} has {len(group["params"])} parameters; '
+                             f'the config builds {len(want["params"])}')
+        if not all(type(p) is int for p in group['params']):
+            raise ValueError(f'{at}.params are not parameter indices')
+        ids += group['params']
+        _check_group_values(group, want, at)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f'{where}: a parameter index is in two places')
+    params = [p for g in optimizer.param_groups for p in g['params']]
+    _check_state(saved['state'], dict(zip(ids, params)), f'{where}.state')
+    # As the runner will: torch's own checks, then every value the
+    # optimizer reads is there and in range.
+    try:
+        wrapper.load_state_dict(dict(saved))
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise ValueError(f'{where} does not load: '
+                         f'{text[0] if text else type(e).__name__}') from None
+    for i, (group, want) in enumerate(
+            zip(optimizer.param_groups, built['param_groups'])):
+        missing = sorted(set(want) - set(group))
+        if missing:
+            raise ValueError(f'{where}.param_groups[{i}] lacks {missing}')
+        _check_hyper_parameters(optimizer, group,
+                                f'{where}.param_groups[{i}]')
+
+
+def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
+    if not isinstance(saved, list) or len(saved) != len(built):
+        count = len(saved) if isinstance(saved, list) else 'no'
+        raise ValueError(f'{where} has {count} scheduler states; the config '
+                         f'builds {len(built)} schedulers')
+    for i, (state, scheduler) in enumerate(zip(saved, built)):
+        at = f'{where}[{i}]'
+        want = scheduler.state_dict()
+        if not isinstance(state, dict):
+            raise ValueError(f'{at} is malformed')
+        extra = sorted(map(str, set(state) - set(want)))
+        if extra:
+            raise ValueError(f'{at} has keys {type(scheduler).__name__} does '
+                             f'not keep: {extra}')
+        for key, value in state.items():
+            why = same_kind(value, want[key], f'{at}.{key}')
+            if why:
+                raise ValueError(why)
+        last = state.get('last_step')
+        if last is not None and last < -1:
+            raise ValueError(f'{at}.last_step is {last}')
+        scheduler.load_state_dict(dict(state))
+
+
+def _check_counters(meta: dict, cfg: Config, where: str) -> None:
+    train = cfg.get('train_cfg') or {}
+    for key, limit in (('iter', 'max_iters'), ('epoch', 'max_epochs')):
+        bound = train.get(limit)
+        if isinstance(bound, int) and meta[key] > bound:
+            raise ValueError(f'{where}.{key} is {meta[key]}, beyond the '
+                             f'configured {limit}={bound}')
+
+
+def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
+                             run: RunObjects) -> None:
+    """Check what ``Runner.resume`` will act on against ``run`` (built by
+    :func:`build_run` from ``cfg``).
+
+    Raises:
+        CheckpointError: One line naming ``path`` and the key path.
+    """
+    try:
+        _check_counters(ckpt['meta'], cfg, 'meta')
+        saved = ckpt.get('optimizer')
+        wrapper = run.optim_wrapper
+        if saved is not None and wrapper is not None:
+            if hasattr(wrapper, 'optim_wrappers'):  # OptimWrapperDict
+                if not isinstance(saved, dict) or set(saved) != set(
+                        wrapper.optim_wrappers):
+                    raise ValueError('optimizer does not hold the '
+                                     f'optimizers {sorted(wrapper.keys())}')
+                for name, one in wrapper.optim_wrappers.items():
+                    _check_optimizer(saved[name], one, f'optimizer.{name}')
+            else:
+                _check_optimizer(saved, wrapper, 'optimizer')
+        saved = ckpt.get('param_schedulers')
+        if saved is not None and run.schedulers is not None:
+            if isinstance(run.schedulers, dict):
+                if not isinstance(saved, dict) or set(saved) != set(
+                        run.schedulers):
+                    raise ValueError('param_schedulers do not match the '
+                                     'optimizers of the config')
+                for name, built in run.schedulers.items():
+                    _check_schedulers(saved[name], built,
+                                      f'param_schedulers.{name}')
+            else:
+                _check_schedulers(saved, run.schedulers, 'param_schedulers')
+    except ValueError as e:
+        raise CheckpointError(f'checkpoint {path} cannot be resumed by this '
+                              f'config: {e}') from None
+
+
+__all__ = [
+    'BuildError', 'RunObjects', 'build_run', 'same_kind',
+    'check_resume_against_run'
+]
