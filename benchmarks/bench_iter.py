@@ -26,7 +26,7 @@ from typing import Dict, List
 import torch
 
 import mmdet_gc  # noqa: F401
-from mmdet_gc.runner_utils import mmdet_config_path
+from mmdet_gc.utils import mmdet_config_path
 
 
 def build(opt_type: str, model: torch.nn.Module):
@@ -118,7 +118,7 @@ def stats_cost(run,
 
     from mmengine.logging import MessageHub
 
-    from mmdet_gc.diagnostics import GCStatsHook
+    from mmdet_gc.engine.hooks import GCStatsHook
     model, wrapper, _ = run
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 import mmdet_gc
-from mmdet_gc.functional import is_centralized
-from mmdet_gc.fused import extension_name, fused_unavailable_reason
-from mmdet_gc.runner_utils import mmdet_config_path
+from mmdet_gc.optim.fused import extension_name, fused_unavailable_reason
+from mmdet_gc.optim.gc import is_centralized
+from mmdet_gc.utils import mmdet_config_path
 
 SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
 #: Every GC foreach row against torch's foreach row of its family.

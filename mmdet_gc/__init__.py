@@ -14,16 +14,17 @@ data that stock ``torch.load(weights_only=True)`` accepts (see
 The package carries its configs (:func:`config_path`; ``mmdet_gc::NAME``
 in a ``_base_``) and the ``mmdet-gc`` command (:mod:`mmdet_gc.cli`).
 """
-from .checkpoint import PlainCheckpointHook
-from .functional import centralize, foreach_centralize, is_centralized
+from ._deprecated import install as _serve_moved_modules
+from .engine.hooks import GCStatsHook, PlainCheckpointHook, RowMeanDriftHook
 from .optim import *  # noqa: F401,F403
-from .optim import GC_OPTIMIZERS, GCOptimizer
+from .optim import (GC_OPTIMIZERS, GCOptimizer, centralize, foreach_centralize,
+                    is_centralized)
 from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
 from .registry import (register_config_package, register_gc_hooks,
                        register_gc_optim_wrapper_constructors,
                        register_gc_optimizers, register_gc_transforms)
-from .runner_utils import config_path
+from .utils import config_path
 
 __version__ = '0.1.0'
 
@@ -32,10 +33,12 @@ register_gc_optim_wrapper_constructors()
 register_gc_hooks()
 register_gc_transforms()
 register_config_package()
+_serve_moved_modules()
 
 __all__ = [
     'centralize', 'foreach_centralize', 'is_centralized', 'GC_OPTIMIZERS',
     'GCOptimizer', 'GCOptimWrapperConstructor', 'attach_gc',
-    'centralize_grads_', 'PlainCheckpointHook', 'config_path', '__version__',
+    'centralize_grads_', 'PlainCheckpointHook', 'GCStatsHook',
+    'RowMeanDriftHook', 'config_path', '__version__',
     *GC_OPTIMIZERS
 ]

@@ -67,8 +67,8 @@ def register_gc_hooks() -> List[str]:
     """Register ``PlainCheckpointHook`` (plain-data checkpoints),
     ``RowMeanDriftHook`` (the paper's theorem, measured) and
     ``GCStatsHook`` (GC diagnostics in the training log)."""
-    from .checkpoint import PlainCheckpointHook
-    from .diagnostics import GCStatsHook, RowMeanDriftHook
+    from .engine.hooks import PlainCheckpointHook
+    from .engine.hooks import GCStatsHook, RowMeanDriftHook
     return register_modules(
         HOOKS, {
             'PlainCheckpointHook': PlainCheckpointHook,
@@ -79,7 +79,7 @@ def register_gc_hooks() -> List[str]:
 
 def register_gc_transforms() -> List[str]:
     """Register ``IntensityShift`` (evaluation under brightness offsets)."""
-    from .diagnostics import IntensityShift
+    from .datasets import IntensityShift
     return register_modules(TRANSFORMS, {'IntensityShift': IntensityShift})
 
 

@@ -5,8 +5,8 @@ import signal
 import pytest
 from mmengine.logging import MMLogger
 
-import mmdet_gc.fused as fused_mod
-from mmdet_gc.data import make_synthetic_coco
+import mmdet_gc.optim.fused as fused_mod
+from mmdet_gc.datasets import make_synthetic_coco
 
 
 @pytest.fixture(scope='session')
@@ -39,7 +39,7 @@ class _Records(logging.Handler):
 @pytest.fixture
 def log_lines(monkeypatch):
     """The messages logged through MMEngine's current logger (each of
-    mmdet_gc.fused's lines once more)."""
+    mmdet_gc.optim.fused's lines once more)."""
     monkeypatch.setattr(fused_mod, '_logged', set())
     logger = MMLogger.get_current_instance()
     handler = _Records()

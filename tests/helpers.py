@@ -493,7 +493,7 @@ def break_the_build(monkeypatch, how):
     line must name."""
     import torch.utils.cpp_extension
 
-    import mmdet_gc.fused as fused_mod
+    import mmdet_gc.optim.fused as fused_mod
     if how == 'env':
         monkeypatch.setenv(fused_mod.NO_BUILD_ENV, '1')
         return fused_mod.NO_BUILD_ENV

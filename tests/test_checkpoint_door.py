@@ -15,11 +15,11 @@ import threading
 
 import pytest
 import torch
+from test_checkpoint_security import _one_line_error, attack, craft
 
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError, from_plain,
                                  hub_cache_file, torchvision_urls)
 
-from test_checkpoint_security import _one_line_error, attack, craft
 from tool_helpers import ENV, load, run_tool, tiny_config
 
 

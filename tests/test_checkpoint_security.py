@@ -183,7 +183,7 @@ def state():
         default=sorted(w._get_allowed_globals()),
         getattr=builtins.getattr is GETATTR)
 before = state()
-import mmdet_gc, mmdet_gc.runner_utils, mmdet_gc.checkpoint
+import mmdet_gc, mmdet_gc.cli.runner, mmdet_gc.checkpoint
 sys.path.insert(0, 'tools')
 import train, test, convert_checkpoint
 print(json.dumps([before, state()]))
@@ -482,7 +482,7 @@ FUZZ = r'''
 import json, os, random, sys, zipfile
 sys.path.insert(0, os.getcwd())
 from mmdet_gc.checkpoint import CheckpointDoor
-from mmdet_gc.runner_utils import InputError, check_checkpoint
+from mmdet_gc.cli.runner import InputError, check_checkpoint
 src, folder, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = open(src, 'rb').read()
 with zipfile.ZipFile(src) as z:
@@ -547,7 +547,7 @@ def test_meta_config_code_is_refused_and_dropped(real_checkpoint, tmp_path,
 
     from mmengine.config import Config
 
-    from mmdet_gc.checkpoint import PlainCheckpointHook
+    from mmdet_gc.engine.hooks import PlainCheckpointHook
     canary = tmp_path / 'canary.txt'
     code = f'x = open({str(canary)!r}, "w").write("pwned")\n'
     Config.fromstring(code, file_format='.py')  # the payload is live

@@ -11,7 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 from mmdet_gc import GC_OPTIMIZERS, GCOptimizer
-from mmdet_gc.runner_utils import mmdet_config_path
+from mmdet_gc.utils import mmdet_config_path
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PAPER = sorted(

@@ -3,7 +3,7 @@
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
 
-The compiled kernel (:mod:`mmdet_gc.fused`) is checked against the
+The compiled kernel (:mod:`mmdet_gc.optim.fused`) is checked against the
 single-tensor kernel, which is the specification, after every step, for
 every option and dtype; against float64 references written from the maths;
 for the paper's property that row means of centralized weights never
@@ -16,9 +16,9 @@ always runs).
 import pytest
 import torch
 
-import mmdet_gc.fused as fused_mod
+import mmdet_gc.optim.fused as fused_mod
 from mmdet_gc import SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC, Adam_GC, AdamW_GC2
-from mmdet_gc.functional import sgd_gc
+from mmdet_gc.optim.sgd import sgd_gc
 
 from helpers import (DT, NOT_VALUES, SGD_HYPER, assert_fused_refused_with,
                      assert_row_means_kept, assert_same_as,

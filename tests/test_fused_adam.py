@@ -3,7 +3,7 @@
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
 
-The compiled kernel (:mod:`mmdet_gc.fused`) is checked against the
+The compiled kernel (:mod:`mmdet_gc.optim.fused`) is checked against the
 single-tensor kernels, which are the specification, after every step, for
 every class, option and dtype; against float64 references written from the
 maths; for the paper's property that row means of weights whose update is
@@ -17,10 +17,10 @@ always runs).
 import pytest
 import torch
 
-import mmdet_gc.fused as fused_mod
+import mmdet_gc.optim.fused as fused_mod
 from mmdet_gc import (Adam_GC, Adam_GC2, Adam_GCC, Adam_GCC2, AdamW_GC,
                       AdamW_GC2, AdamW_GCC, AdamW_GCC2)
-from mmdet_gc.functional import adam_gc
+from mmdet_gc.optim.adam import adam_gc
 
 from helpers import (DT, NOT_VALUES, assert_fused_refused_with,
                      assert_row_means_kept, assert_same_as,

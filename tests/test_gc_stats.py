@@ -11,7 +11,7 @@ import torch.nn as nn
 from mmengine.logging import MessageHub
 from mmengine.optim import build_optim_wrapper
 
-from mmdet_gc.diagnostics import GCStatsHook, removed_energy
+from mmdet_gc.engine.hooks.gc_stats_hook import GCStatsHook, removed_energy
 
 
 class Toy(nn.Module):

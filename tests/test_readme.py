@@ -1,7 +1,8 @@
-"""Every Python snippet in README.md runs as written: each is a config
-fragment, put in a config that inherits an mmdet config (as users do), and
-its optim wrapper is built and stepped (Gradient Centralization, Yong et
-al., ECCV 2020)."""
+"""Every Python snippet in README.md and docs/en/*.md runs as written: each
+is a config fragment, put in a config that inherits an mmdet config (as
+users do), and its optim wrapper is built and stepped (Gradient
+Centralization, Yong et al., ECCV 2020)."""
+import glob
 import os.path as osp
 import re
 
@@ -16,8 +17,12 @@ from mmdet_gc import GCOptimizer
 
 from tool_helpers import ROOT
 
-README = open(osp.join(ROOT, 'README.md')).read()
-SNIPPETS = re.findall(r'```python\n(.*?)```', README, re.S)
+PAGES = [osp.join(ROOT, 'README.md')] + sorted(
+    glob.glob(osp.join(ROOT, 'docs', 'en', '*.md')))
+SNIPPETS = [
+    snippet for page in PAGES
+    for snippet in re.findall(r'```python\n(.*?)```', open(page).read(), re.S)
+]
 
 
 class Detector(nn.Module):
@@ -37,7 +42,7 @@ class Detector(nn.Module):
 
 
 def test_there_are_snippets():
-    assert len(SNIPPETS) >= 3
+    assert len(PAGES) >= 9 and len(SNIPPETS) >= 6
 
 
 @pytest.mark.parametrize('snippet', SNIPPETS)

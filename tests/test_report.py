@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmdet_gc.report import ReportError, markdown_table, read_run
+from mmdet_gc.study.report import ReportError, markdown_table, read_run
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmdet_gc import study
-from mmdet_gc.diagnostics import IntensityShift, row_means
+from mmdet_gc.study import plan as study_plan
+from mmdet_gc.datasets import IntensityShift
+from mmdet_gc.engine.hooks.row_mean_drift_hook import row_means
 from mmdet_gc.study import (METRICS, Arm, Plan, execute, make_arms,
                             paired_stats, read_study, summarize, write_report)
 
@@ -118,8 +119,9 @@ def test_arms_and_commands(tmp_path):
         'base', 'SGD_GC', 'SGD_GCC', 'base_lr0.08', 'SGD_GC_lr0.08',
         'SGD_GCC_lr0.08'
     ]
-    cmd = study.train_command('c.py', str(tmp_path), Arm('SGD_GC', 0.08), 3,
-                              'pytorch', ['a=1'])
+    cmd = study_plan.train_command('c.py', str(tmp_path),
+                                   Arm('SGD_GC', 0.08), 3, 'pytorch',
+                                   ['a=1'])
     assert cmd[1:] == [
         '-m', 'mmdet_gc', 'train', 'c.py', '--work-dir',
         str(tmp_path / 'SGD_GC_lr0.08' / 'seed3'), '--gc', 'SGD_GC',
@@ -145,7 +147,7 @@ def test_execute_skips_finished_runs_and_resumes_interrupted_ones(
             open(osp.join(run, 'last_checkpoint'), 'w').write(ckpt)
         return 0
 
-    monkeypatch.setattr(study, '_run', fake_run)
+    monkeypatch.setattr(study_plan, '_run', fake_run)
     # base seed 0 finished; SGD_GC seed 0 interrupted after a checkpoint.
     done = work / 'base' / 'seed0'
     for sub in ('shift0', 'shift40'):

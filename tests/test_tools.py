@@ -14,7 +14,8 @@ import torch
 from mmengine.config import Config
 
 from mmdet_gc.checkpoint import from_plain
-from mmdet_gc.runner_utils import InputError, apply_gc, mmdet_config_path
+from mmdet_gc.cli.runner import apply_gc
+from mmdet_gc.utils import InputError, mmdet_config_path
 
 from tool_helpers import ENV, ROOT, load, run_tool, tiny_config
 

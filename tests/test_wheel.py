@@ -21,7 +21,7 @@ import torch
 
 import mmdet_gc
 from mmdet_gc.cli import COMMANDS
-from mmdet_gc.runner_utils import InputError, config_path
+from mmdet_gc.utils import InputError, config_path
 
 from tool_helpers import DEMO, ENV, ROOT, run_tool, tiny_config
 
@@ -95,8 +95,11 @@ def test_wheel_carries_configs_and_entry_point(venv):
     assert shipped == ours and len(ours) >= 17
     assert 'mmdet_gc/.mim/model-index.yml' in names
     # The fused kernel's source, compiled on first use from the install.
-    assert 'mmdet_gc/csrc/sgd_gc_fused.cpp' in names
-    assert 'mmdet_gc/csrc/gc_fused_common.h' in names
+    assert 'mmdet_gc/optim/csrc/sgd_gc_fused.cpp' in names
+    assert 'mmdet_gc/optim/csrc/gc_fused_common.h' in names
+    # The licence pyproject.toml declares.
+    assert any(n.endswith('.dist-info/licenses/LICENSE')
+               or n.endswith('.dist-info/LICENSE') for n in names), names
     entry = [n for n in names if n.endswith('entry_points.txt')]
     text = zipfile.ZipFile(venv['wheel']).read(entry[0]).decode()
     assert 'mmdet-gc = mmdet_gc.cli:main' in text

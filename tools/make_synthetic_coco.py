@@ -4,7 +4,7 @@
 """
 import argparse
 
-from mmdet_gc.data import make_synthetic_coco
+from mmdet_gc.datasets import make_synthetic_coco
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 # A Mask R-CNN small enough to train from scratch on 2 CPU cores in a few
-# minutes, on the synthetic shapes of mmdet_gc.data (make them with
+# minutes, on the synthetic shapes of mmdet_gc.datasets (make them with
 # tools/make_synthetic_coco.py). It shows the whole GC training and COCO
 # evaluation path working without downloading anything; it is not a
 # benchmark of GC. Everything else comes from MMDetection's own config.

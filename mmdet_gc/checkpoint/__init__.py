@@ -12,21 +12,22 @@ package only makes the runs of ``mmdet_gc`` safe to resume and test.
   :mod:`.stock`), and the checks of what MMEngine reads;
 - :mod:`.stock`: stock MMEngine files (``HistoryBuffer``, numpy) as data;
 - :mod:`.run_checks`: what ``--resume`` acts on, against the run's objects;
-- :mod:`.plain`: :class:`PlainCheckpointHook`, our runs' checkpoints as
-  plain data that stock ``torch.load`` accepts.
+- :mod:`.plain`: our runs' checkpoints as plain data that stock
+  ``torch.load`` accepts (written and restored by
+  :class:`~mmdet_gc.engine.hooks.PlainCheckpointHook`).
 
 Nothing here changes torch's serialization settings.
 """
 from .door import CheckpointDoor, hub_cache_file, torchvision_urls
 from .errors import CheckpointError, ForeignCheckpointError
-from .plain import TAG, PlainCheckpointHook, from_plain, to_plain
+from .plain import TAG, from_plain, to_plain
 from .reader import (check_contents, check_structure, convert_checkpoint,
                      convert_command, inspect_checkpoint, read_checkpoint)
 from .run_checks import RunObjects, build_run, check_resume_against_run
 
 __all__ = [
     'CheckpointDoor', 'hub_cache_file', 'torchvision_urls', 'CheckpointError',
-    'ForeignCheckpointError', 'TAG', 'PlainCheckpointHook', 'from_plain',
+    'ForeignCheckpointError', 'TAG', 'from_plain',
     'to_plain', 'check_contents', 'check_structure', 'convert_checkpoint',
     'convert_command', 'inspect_checkpoint', 'read_checkpoint', 'RunObjects',
     'build_run', 'check_resume_against_run'

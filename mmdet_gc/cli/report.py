@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from mmdet_gc.report import ReportError, markdown_table, plot_curves, read_run
+from mmdet_gc.study.report import (ReportError, markdown_table, plot_curves,
+                                   read_run)
 
 
 def main(argv: Optional[Sequence[str]] = None,

@@ -31,10 +31,11 @@ import sys
 from typing import Optional, Sequence
 
 import mmdet_gc  # noqa: F401
-from mmdet_gc.report import ReportError
-from mmdet_gc.runner_utils import CfgOptions, InputError, apply_gc, read_config
+from mmdet_gc.cli.runner import CfgOptions, apply_gc, read_config
 from mmdet_gc.study import (Plan, execute, make_arms, run_name, tool_command,
                             write_report)
+from mmdet_gc.study.report import ReportError
+from mmdet_gc.utils import InputError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,

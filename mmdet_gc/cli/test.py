@@ -16,10 +16,10 @@ from mmengine.config import Config, ConfigDict
 
 import mmdet_gc  # noqa: F401  (GC optimizers, PlainCheckpointHook)
 from mmdet_gc.checkpoint import CheckpointDoor
-from mmdet_gc.runner_utils import (InputError, add_runner_args,
-                                   build_run_or_fail, check_checkpoint,
-                                   check_dataset_paths, load_config,
-                                   prepare_or_exit, run_through_door)
+from mmdet_gc.cli.runner import (InputError, add_runner_args,
+                                 build_run_or_fail, check_checkpoint,
+                                 check_dataset_paths, load_config,
+                                 prepare_or_exit, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,

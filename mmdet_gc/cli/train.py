@@ -18,11 +18,11 @@ from mmengine.runner import find_latest_checkpoint
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
                                  check_resume_against_run)
-from mmdet_gc.runner_utils import (InputError, add_runner_args, apply_gc,
-                                   build_run_or_fail, check_checkpoint,
-                                   check_dataset_paths, check_optimizer,
-                                   load_config, prepare_or_exit,
-                                   pretrained_sources, run_through_door)
+from mmdet_gc.cli.runner import (InputError, add_runner_args, apply_gc,
+                                 build_run_or_fail, check_checkpoint,
+                                 check_dataset_paths, check_optimizer,
+                                 load_config, prepare_or_exit,
+                                 pretrained_sources, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,

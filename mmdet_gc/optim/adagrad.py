@@ -1,16 +1,18 @@
 """Adagrad with Gradient Centralization: ``Adagrad_GC`` / ``Adagrad_GCC``.
 
-Yong et al., ECCV 2020 (arXiv:2004.01461). The maths lives in
-:func:`mmdet_gc.functional.adagrad_gc`.
+Yong et al., ECCV 2020 (arXiv:2004.01461). A thin class over the functional
+:func:`adagrad_gc`, as torch's ``torch/optim/adagrad.py``.
 """
 from typing import Any, List, Optional
 
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as _torch_adagrad
 from torch.optim.optimizer import _get_scalar_dtype
 
-from ..functional import adagrad_gc
 from .base import GCOptimizer, check_non_negative, scalar
+from .gc import (default_foreach, has_complex, partition,
+                 torch_step_on_centralized)
 
 
 class Adagrad_GC(GCOptimizer):
@@ -95,3 +97,43 @@ class Adagrad_GCC(Adagrad_GC):
     """:class:`Adagrad_GC` for conv weights only (``ndim > 3``)."""
 
     gc_conv_only = True
+
+
+def adagrad_gc(params: List[Tensor],
+               grads: List[Tensor],
+               state_sums: List[Tensor],
+               state_steps: List[Tensor],
+               centralized: List[bool],
+               foreach: Optional[bool] = None,
+               *,
+               lr: float,
+               weight_decay: float,
+               lr_decay: float,
+               eps: float,
+               maximize: bool) -> None:
+    """Adagrad with GC on the (L2-folded) gradient: ``Adagrad_GC(C)``.
+
+    Centralized gradients go through torch.optim's Adagrad kernel; the other
+    tensors, and a group with GC off, equal ``torch.optim.Adagrad`` exactly.
+    """
+    if foreach is None:
+        foreach = default_foreach(params)
+    hyper = dict(
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        eps=eps,
+        maximize=maximize)
+    (gc_idx, gc_lists), (plain_idx,
+                         plain_lists) = partition(centralized, params, grads,
+                                                  state_sums, state_steps)
+    if plain_idx:
+        _torch_adagrad(
+            *plain_lists,
+            foreach=foreach,
+            has_complex=has_complex(plain_lists[0]),
+            **hyper)
+    if gc_idx:
+        hyper.update(weight_decay=0., maximize=False)
+        torch_step_on_centralized(_torch_adagrad, gc_lists, weight_decay,
+                                  maximize, foreach, hyper)

@@ -1,8 +1,12 @@
 """Adam and AdamW with Gradient Centralization.
 
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
-Neural Networks", ECCV 2020 (arXiv:2004.01461). The maths lives in
-:func:`mmdet_gc.functional.adam_gc`.
+Neural Networks", ECCV 2020 (arXiv:2004.01461). Laid out as torch's
+``torch/optim/adam.py``: thin classes over the functional :func:`adam_gc`,
+which dispatches to :func:`_single_tensor_adam_gc2` (the specification of
+GC on the update; GC on the gradient is torch's own Adam on the
+centralized gradient), :func:`_multi_tensor_adam_gc` (``foreach``) and
+:func:`fused_adam_gc` (the compiled CPU kernel of :mod:`.fused`).
 
 =============  ========  ===========================  ======================
 name           decay     GC on                        centralized tensors
@@ -17,14 +21,19 @@ AdamW_GC2      decoupled the update incl. decay term  conv + fc
 AdamW_GCC2     decoupled the update incl. decay term  conv
 =============  ========  ===========================  ======================
 """
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.adam import adam as _torch_adam
+from torch.optim.adamw import adamw as _torch_adamw
+from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
-from ..functional import adam_gc
+from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
+from .gc import (centralized_grads, decayed_grad, default_foreach,
+                 foreach_centralize, foreach_decayed_grads, has_complex,
+                 partition, row_mean, torch_step_on_centralized)
 
 
 def _check_betas(betas: Tuple[Any, Any], foreach: Optional[bool],
@@ -63,7 +72,7 @@ class _AdamGCBase(GCOptimizer):
         foreach (bool, optional): Multi-tensor kernels; ``None`` chooses as
             torch.optim does.
         fused (bool, optional): Use the compiled CPU kernel of
-            :mod:`mmdet_gc.fused` (parallel over weight rows; compiled on
+            :mod:`mmdet_gc.optim.fused` (parallel over weight rows; compiled on
             first use and cached). Where it cannot be built, and for
             tensors off the CPU, one line is logged and the Python kernels
             run. ``None`` / False: the Python kernels (opt-in, as torch's
@@ -83,7 +92,7 @@ class _AdamGCBase(GCOptimizer):
     #: Centralize the update (the "2" variants) instead of the gradient.
     gc_on_update: bool = False
 
-    #: ``fused`` is supported (:mod:`mmdet_gc.fused`).
+    #: ``fused`` is supported (:mod:`mmdet_gc.optim.fused`).
     torch_modes = ('capturable', 'differentiable')
 
     def __init__(self,
@@ -242,3 +251,354 @@ class AdamW_GCC2(AdamW_GC2):
     """:class:`AdamW_GC2` for conv weights only."""
 
     gc_conv_only = True
+
+
+def adam_gc(params: List[Tensor],
+            grads: List[Tensor],
+            exp_avgs: List[Tensor],
+            exp_avg_sqs: List[Tensor],
+            max_exp_avg_sqs: List[Tensor],
+            state_steps: List[Tensor],
+            centralized: List[bool],
+            foreach: Optional[bool] = None,
+            *,
+            gc_on_update: bool,
+            decoupled: bool,
+            amsgrad: bool,
+            beta1: float,
+            beta2: float,
+            lr: float,
+            weight_decay: float,
+            eps: float,
+            maximize: bool,
+            fused: Optional[bool] = None) -> None:
+    """Adam / AdamW with GC on the gradient or on the update.
+
+    ``gc_on_update=False`` (``Adam_GC``, ``AdamW_GC``...): the gradient,
+    with the L2 penalty folded in for Adam, is centralized and then goes
+    through torch.optim's Adam / AdamW. ``gc_on_update=True``
+    (``Adam_GC2``, ``AdamW_GC2``...): the moments see the plain gradient,
+    and the whole step is centralized before it is applied::
+
+        delta = lr / bc1 * exp_avg / (sqrt(v) / sqrt(bc2) + eps)
+        delta += lr * weight_decay * p        # AdamW only (torch's scaling)
+        p -= GC(delta)
+
+    Tensors that are not centralized take torch.optim's own kernels, so a
+    group with GC off equals ``torch.optim.Adam`` / ``AdamW`` exactly.
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps:
+            As torch.optim.adam.adam (``state_steps`` are float tensors).
+        centralized (list[bool]): Whether GC applies to each parameter.
+        foreach (bool, optional): Multi-tensor kernels; ``None`` chooses as
+            torch.optim does.
+        gc_on_update (bool): Centralize the update instead of the gradient.
+        decoupled (bool): AdamW's decoupled weight decay instead of L2.
+        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
+            torch.optim.Adam / AdamW.
+        fused (bool, optional): Use the compiled CPU kernel of
+            :func:`fused_adam_gc` (built on first use; where
+            it cannot be built, one line is logged and the single-tensor
+            kernels run). ``None`` means False: the fused kernel is opt-in.
+            Defaults to None.
+    """
+    hyper = dict(
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize)
+    if _fused.use_fused(fused, foreach):
+        fused_adam_gc(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            centralized,
+            gc_on_update=gc_on_update,
+            decoupled=decoupled,
+            **hyper)
+        return
+    torch_kernel = _torch_adamw if decoupled else _torch_adam
+    if foreach is None:
+        foreach = default_foreach(params)
+    (gc_idx, gc_lists), (plain_idx,
+                         plain_lists) = partition(centralized, params, grads,
+                                                  exp_avgs, exp_avg_sqs,
+                                                  max_exp_avg_sqs, state_steps)
+    if plain_idx:
+        torch_kernel(
+            *plain_lists,
+            foreach=foreach,
+            has_complex=has_complex(plain_lists[0]),
+            **hyper)
+    if not gc_idx:
+        return
+    if foreach:
+        _multi_tensor_adam_gc(
+            *gc_lists, gc_on_update=gc_on_update, decoupled=decoupled, **hyper)
+        return
+    if gc_on_update:
+        _single_tensor_adam_gc2(*gc_lists, decoupled=decoupled, **hyper)
+        return
+    # GC on the gradient: fold what precedes GC, then torch's Adam(W).
+    folded = 0. if decoupled else weight_decay
+    hyper.update(
+        maximize=False, weight_decay=weight_decay if decoupled else 0.)
+    torch_step_on_centralized(torch_kernel, gc_lists, folded, maximize,
+                              foreach, hyper)
+
+
+def _real(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The real view of a complex tensor (moments are taken on it, as
+    torch.optim does); other tensors as they are."""
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def _bias_corrections(step: float, beta1: float,
+                      beta2: float) -> Tuple[float, float]:
+    """``(1 - beta1 ** step, sqrt(1 - beta2 ** step))``."""
+    return 1 - beta1**step, (1 - beta2**step)**0.5
+
+
+def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
+                            exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                            max_exp_avg_sqs: List[Tensor],
+                            state_steps: List[Tensor], *, decoupled: bool,
+                            amsgrad: bool, beta1: float, beta2: float,
+                            lr: float, weight_decay: float, eps: float,
+                            maximize: bool) -> None:
+    """Reference kernel of GC on Adam's update (every tensor centralized)."""
+    for i, param in enumerate(params):
+        grad, _ = decayed_grad(grads[i], param,
+                               0. if decoupled else weight_decay, maximize)
+        # Complex tensors: moments on the real views, as torch.optim; the
+        # update is centralized as the complex tensor it is (below).
+        grad = _real(grad)
+        exp_avg, exp_avg_sq = _real(exp_avgs[i]), _real(exp_avg_sqs[i])
+        state_steps[i] += 1
+        bc1, bc2_sqrt = _bias_corrections(state_steps[i].item(), beta1, beta2)
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if amsgrad:
+            max_sq = _real(max_exp_avg_sqs[i])
+            torch.maximum(max_sq, exp_avg_sq, out=max_sq)
+            second = max_sq
+        else:
+            second = exp_avg_sq
+        denom = second.sqrt().div_(bc2_sqrt).add_(eps)
+        # ``delta`` reuses ``denom``'s memory (one large allocation a step,
+        # not three): a tensor of ours, so centring it leaves the moments
+        # intact.
+        delta = torch.div(exp_avg, denom, out=denom).mul_(lr / bc1)
+        if param.is_complex():
+            delta = torch.view_as_complex(delta)
+        if decoupled and weight_decay != 0:
+            delta.add_(param, alpha=lr * weight_decay)
+        param.sub_(delta.sub_(row_mean(delta)))
+
+
+def _multi_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
+                          exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                          max_exp_avg_sqs: List[Tensor],
+                          state_steps: List[Tensor], *, gc_on_update: bool,
+                          decoupled: bool, amsgrad: bool, beta1: float,
+                          beta2: float, lr: float, weight_decay: float,
+                          eps: float, maximize: bool) -> None:
+    """Foreach kernel of both modes (every tensor given here is centralized).
+
+    GC on the gradient: torch's foreach Adam(W) on ``GC((-)g + wd * p)``;
+    GC on the update: :func:`_single_tensor_adam_gc2`. Both to rounding,
+    with rewrites that pay for GC's extra passes over memory:
+
+    - the second moment's bias correction moves into the step size,
+      ``lr / bc1 * m / (sqrt(v) / s + eps) == (lr * s / bc1) * m /
+      (sqrt(v) + eps * s)`` with ``s = sqrt(bc2)``: one pass fewer than
+      torch's sqrt, divide, add;
+    - on the update, the decoupled decay term is centralized apart (it is
+      linear): ``p - GC(lr * wd * p) == lerp(p, mean_rows(p), lr * wd)``,
+      one pass that also applies the decay; only the Adam term is made as a
+      tensor, centralized and added.
+    """
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps])
+    for (dev_params, dev_grads, dev_avgs, dev_sqs, dev_max_sqs,
+         dev_steps), _ in grouped.values():
+        l2 = 0. if decoupled else weight_decay
+        if gc_on_update:
+            d, _ = foreach_decayed_grads(dev_params, dev_grads, l2, maximize)
+        else:
+            d = centralized_grads(
+                dev_params, dev_grads, l2, maximize, foreach=True)
+        if decoupled and weight_decay != 0:
+            if gc_on_update:
+                torch._foreach_lerp_(
+                    dev_params, [row_mean(p).to(p.dtype) for p in dev_params],
+                    lr * weight_decay)
+            else:
+                torch._foreach_mul_(dev_params, 1 - lr * weight_decay)
+        # Complex tensors: moments and step on the real views, as torch.
+        d, real_params, dev_avgs, dev_sqs, dev_max_sqs = ([
+            _real(t) for t in lst
+        ] for lst in (d, dev_params, dev_avgs, dev_sqs, dev_max_sqs))
+        torch._foreach_add_(dev_steps, 1)
+        corrections = [
+            _bias_corrections(s.item(), beta1, beta2) for s in dev_steps
+        ]
+
+        torch._foreach_lerp_(dev_avgs, d, 1 - beta1)
+        torch._foreach_mul_(dev_sqs, beta2)
+        torch._foreach_addcmul_(dev_sqs, d, d, value=1 - beta2)
+        del d
+        if amsgrad:
+            torch._foreach_maximum_(dev_max_sqs, dev_sqs)
+            second = dev_max_sqs
+        else:
+            second = dev_sqs
+        denom = torch._foreach_sqrt(second)
+        torch._foreach_add_(denom, [eps * c[1] for c in corrections])
+        step_sizes = [-lr * c[1] / c[0] for c in corrections]
+        if not gc_on_update:
+            torch._foreach_addcdiv_(real_params, dev_avgs, denom, step_sizes)
+            continue
+        # ``exp_avg / denom`` into denom's memory: on the CPU a second
+        # fresh tensor per step costs more in page faults than two passes.
+        torch._foreach_reciprocal_(denom)
+        torch._foreach_mul_(denom, dev_avgs)
+        update = [
+            torch.view_as_complex(u) if p.is_complex() else u
+            for u, p in zip(denom, dev_params)
+        ]
+        _foreach_add_scaled_(dev_params,
+                             foreach_centralize(update, inplace=True),
+                             step_sizes)
+
+
+def _foreach_add_scaled_(tensors: List[Tensor], others: List[Tensor],
+                         scales: List[float]) -> None:
+    """``tensors[i] += scales[i] * others[i]``: one foreach call per
+    distinct scale (one in the usual case, where every tensor has stepped
+    as often)."""
+    by_scale: dict = {}
+    for i, scale in enumerate(scales):
+        by_scale.setdefault(scale, []).append(i)
+    for scale, idx in by_scale.items():
+        torch._foreach_add_([tensors[i] for i in idx],
+                            [others[i] for i in idx],
+                            alpha=scale)
+
+
+def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
+                  exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                  max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
+                  centralized: List[bool], *, gc_on_update: bool,
+                  decoupled: bool, amsgrad: bool, beta1: float, beta2: float,
+                  lr: float, weight_decay: float, eps: float,
+                  maximize: bool) -> None:
+    """Adam / AdamW with GC through the compiled CPU kernel
+    (``fused=True``).
+
+    Same update and arguments as :func:`adam_gc`.
+    Centralized, contiguous CPU tensors of float32, float64, float16 or
+    bfloat16 go through one call of the C++ kernel; other centralized
+    tensors (channels_last, strided, complex) take the single-tensor
+    kernels, and tensors that are not centralized take torch's fused Adam /
+    AdamW kernel, so that a group with GC off equals
+    ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)`` (complex
+    ones: torch's single-tensor kernel). A parameter takes the
+    single-tensor kernels too where it, its gradient, a moment or its step
+    does not read as values (:func:`_reads_as_values`: not contiguous, or
+    with the negative or conjugate bit).
+
+    Where the kernel cannot be built, or for tensors that are not on the
+    CPU, one line is logged per process and the step runs
+    :func:`adam_gc` with ``foreach=False`` (CPU) or
+    ``foreach=True`` (other devices) instead.
+
+    Args:
+        params (list[Tensor]): Parameters, updated in place.
+        grads (list[Tensor]): Their dense gradients (never modified).
+        exp_avgs, exp_avg_sqs (list[Tensor]): The moments, updated in place.
+        max_exp_avg_sqs (list[Tensor]): With ``amsgrad``, the running
+            maxima of ``exp_avg_sqs``; an empty list otherwise.
+        state_steps (list[Tensor]): Float step counts, incremented in place.
+        centralized (list[bool]): Whether GC applies to each parameter.
+        gc_on_update (bool): Centralize the update instead of the gradient.
+        decoupled (bool): AdamW's decoupled weight decay instead of L2.
+        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
+            torch.optim.Adam / AdamW.
+    """
+    if not params:
+        return
+    hyper = dict(
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize)
+    lists = [
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+    ]
+
+    def moments(i: int) -> List[Tensor]:
+        return [exp_avgs[i], exp_avg_sqs[i]] + \
+            ([max_exp_avg_sqs[i]] if amsgrad else [])
+
+    module, on_cpu = _fused._module_for(params)
+    if module is None or _fused._shares_written_memory(
+        [([p, *moments(i), state_steps[i]], [g])
+         for i, (p, g) in enumerate(zip(params, grads))]):
+        adam_gc(
+            *lists,
+            centralized,
+            foreach=not on_cpu,
+            gc_on_update=gc_on_update,
+            decoupled=decoupled,
+            **hyper)
+        return
+
+    half_ok = _fused._half_safe(lr, weight_decay, lr * weight_decay, eps,
+                                beta1, beta2, 1 - beta1, 1 - beta2,
+                                lr / (1 - beta1))
+    kernel = [
+        bool(centralized[i]) and _fused._adam_kernel_takes(
+            params[i], grads[i], moments(i), state_steps[i])
+        and (params[i].dtype != torch.float16 or half_ok)
+        for i in range(len(params))
+    ]
+    (k_idx, k_lists), (rest_idx, _) = partition(kernel, *lists)
+    if k_idx:
+        module.adam_gc_(*k_lists, gc_on_update, decoupled, amsgrad, beta1,
+                        beta2, lr, weight_decay, eps, maximize)
+    # The rest: plain tensors for torch's fused kernel, and the tensors no
+    # fused kernel takes (the single-tensor kernels).
+    groups: Dict[bool, List[int]] = {}
+    for i in rest_idx:
+        torch_fused = not centralized[i] and _fused._torch_fused_adam_takes(
+            params[i], grads[i], moments(i), state_steps[i])
+        groups.setdefault(torch_fused, []).append(i)
+    for torch_fused, idx in groups.items():
+        sub = [_fused._take(lst, idx) if lst else [] for lst in lists]
+        if torch_fused:
+            _torch_adam(
+                *sub,
+                foreach=False,
+                fused=True,
+                decoupled_weight_decay=decoupled,
+                **hyper)
+        else:
+            adam_gc(
+                *sub,
+                _fused._take(centralized, idx),
+                foreach=False,
+                gc_on_update=gc_on_update,
+                decoupled=decoupled,
+                **hyper)

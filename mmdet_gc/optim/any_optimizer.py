@@ -41,8 +41,8 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..functional import _row_mean, foreach_centralize, is_centralized
 from .base import GCOptimizer, warn_if_flattened
+from .gc import foreach_centralize, is_centralized, row_mean
 
 #: Where GC applies: the gradient, or the optimizer's whole update.
 GC_MODES = ('grad', 'update')
@@ -93,12 +93,12 @@ class _UpdateGC:
 
     @torch.no_grad()
     def record(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self.before = {p: _row_mean(p) for p in _centralized_params(optimizer)}
+        self.before = {p: row_mean(p) for p in _centralized_params(optimizer)}
 
     @torch.no_grad()
     def restore(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for p, mean in self.before.items():
-            p.sub_(_row_mean(p).sub_(mean))
+            p.sub_(row_mean(p).sub_(mean))
         self.before = {}
 
 

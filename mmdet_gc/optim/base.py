@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
-from ..functional import is_centralized
+from .gc import is_centralized
 
 #: The param-group keys that switch GC.
 GC_KEYS = ('gc', 'gc_conv_only')
@@ -112,7 +112,8 @@ class GCOptimizer(Optimizer):
         if all(
                 param_group.get(k, self.defaults.get(k))
                 for k in ('fused', 'foreach')):
-            # Our fused kernels (mmdet_gc.fused), as torch says of its own.
+            # Our fused kernels (mmdet_gc.optim.fused), as torch says of its
+            # own.
             raise ValueError(f'{type(self).__name__}: `fused` and '
                              '`foreach` cannot be `True` together')
         super().add_param_group(param_group)

@@ -4,23 +4,23 @@
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
 
-:func:`fused_sgd_gc` updates every centralized CPU parameter in one call of
-a C++ kernel (``csrc/sgd_gc_fused.cpp``, parallel over weight rows): per
-row, one pass reads the gradient and the parameter and sums the decayed
-gradient, and a second one, from cache, writes the new momentum buffer and
-the new parameter; memory sees five passes instead of the eleven or so of
-the Python kernels. Its arithmetic rounds as
-:func:`mmdet_gc.functional._single_tensor_sgd_gc` does, except for the last
-bits of each row mean, and does not depend on the thread count; the state
-stays ``momentum_buffer``, so a state dict moves freely between the fused,
-the foreach and the single-tensor kernels.
+:func:`~mmdet_gc.optim.sgd.fused_sgd_gc` updates every centralized CPU
+parameter in one call of a C++ kernel (``csrc/sgd_gc_fused.cpp``, parallel over
+weight rows): per row, one pass reads the gradient and the parameter and sums
+the decayed gradient, and a second one, from cache, writes the new momentum
+buffer and the new parameter; memory sees five passes instead of the eleven or
+so of the Python kernels. Its arithmetic rounds as
+:func:`mmdet_gc.optim.sgd._single_tensor_sgd_gc` does, except for the last bits
+of each row mean, and does not depend on the thread count; the state stays
+``momentum_buffer``, so a state dict moves freely between the fused, the
+foreach and the single-tensor kernels.
 
-:func:`fused_adam_gc` does the same for Adam / AdamW with GC on the
-gradient or on the update (``csrc/adam_gc_fused.cpp``): memory sees the
-gradient, the parameter and each moment about once; it rounds as
-:func:`mmdet_gc.functional._single_tensor_adam_gc2` and torch's
-single-tensor Adam do, but for the last bits of each row mean; the state
-keeps torch.optim.Adam's keys and float ``step`` tensors.
+:func:`~mmdet_gc.optim.adam.fused_adam_gc` does the same for Adam / AdamW with
+GC on the gradient or on the update (``csrc/adam_gc_fused.cpp``): memory sees
+the gradient, the parameter and each moment about once; it rounds as
+:func:`mmdet_gc.optim.adam._single_tensor_adam_gc2` and torch's single-tensor
+Adam do, but for the last bits of each row mean; the state keeps
+torch.optim.Adam's keys and float ``step`` tensors.
 
 Both kernels are one extension, compiled with
 :func:`torch.utils.cpp_extension.load` on first use and cached under
@@ -42,33 +42,31 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor
-from torch.optim.adam import adam as torch_adam
-from torch.optim.sgd import sgd as torch_sgd
 
-from .functional import _partition, _single_tensor_sgd_gc, adam_gc, sgd_gc
-
-__all__ = [
-    'NO_BUILD_ENV', 'fused_available', 'fused_unavailable_reason',
-    'fused_sgd_gc', 'fused_adam_gc', 'extension_name'
-]
+from .gc import partition
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
 #: falls back to the Python kernels).
 NO_BUILD_ENV = 'MMDET_GC_NO_BUILD'
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
+
 _SOURCES = [
     os.path.join(_CSRC, name)
     for name in ('sgd_gc_fused.cpp', 'adam_gc_fused.cpp')
 ]
+
 # Included by the sources: hashed with them, so that an edit rebuilds.
 _HEADERS = [os.path.join(_CSRC, 'gc_fused_common.h')]
+
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # The loaded module, or why there is none; filled once per process.
 _state: Dict[str, Any] = dict(tried=False, module=None, reason=None)
+
 # The reasons already logged (one line each per process).
 _logged: Set[str] = set()
+
 _lock = threading.Lock()
 
 
@@ -231,8 +229,8 @@ def _span(t: Tensor) -> Tuple[int, int]:
 
 
 def _shares_written_memory(
-        entries: Sequence[Tuple[Sequence[Optional[Tensor]],
-                                Sequence[Tensor]]]) -> bool:
+    entries: Sequence[Tuple[Sequence[Optional[Tensor]], Sequence[Tensor]]]
+) -> bool:
     """Whether a tensor the step writes overlaps the memory of any other
     tensor of the step (``entries``: per parameter, the tensors its step
     writes and those it reads).
@@ -321,7 +319,7 @@ def _mul_(tensors: List[Tensor], scale: float) -> None:
     """``t *= scale`` for each tensor (SGDW's decay): one foreach call for
     those that read as values; torch's foreach ops refuse a negative or
     conjugate bit in a list they write, so the others take ``mul_``."""
-    (_, (plain, )), (_, (others, )) = _partition(
+    (_, (plain, )), (_, (others, )) = partition(
         [_reads_as_values(t) for t in tensors], tensors)
     if plain:
         torch._foreach_mul_(plain, scale)
@@ -331,133 +329,6 @@ def _mul_(tensors: List[Tensor], scale: float) -> None:
 
 def _take(lst: Sequence, idx: Sequence[int]) -> list:
     return [lst[i] for i in idx]
-
-
-def fused_sgd_gc(params: List[Tensor],
-                 grads: List[Tensor],
-                 momentum_buffer_list: List[Optional[Tensor]],
-                 centralized: List[bool],
-                 *,
-                 weight_decay: float,
-                 momentum: float,
-                 lr: float,
-                 dampening: float,
-                 nesterov: bool,
-                 maximize: bool,
-                 decoupled: bool = False) -> None:
-    """SGD with GC through the compiled CPU kernel (``fused=True``).
-
-    Same update and arguments as :func:`mmdet_gc.functional.sgd_gc`, plus
-    ``decoupled``. Centralized, contiguous CPU tensors of float32, float64,
-    float16 or bfloat16 go through one call of the C++ kernel; other
-    centralized tensors (channels_last, strided, complex) take the
-    single-tensor kernel, and tensors that are not centralized take torch's
-    fused SGD kernel, so that a float32 / float64 group with GC off equals
-    ``torch.optim.SGD(fused=True)`` (torch's single-tensor kernel for other
-    dtypes). A parameter takes the single-tensor kernels too where it, its
-    gradient or its buffer does not read as values
-    (:func:`_reads_as_values`: not contiguous, or with the negative or
-    conjugate bit).
-
-    Where the kernel cannot be built, or for tensors that are not on the
-    CPU, one line is logged per process and the step runs
-    :func:`~mmdet_gc.functional.sgd_gc` with ``foreach=False`` (CPU) or
-    ``foreach=True`` (other devices) instead.
-
-    Args:
-        params (list[Tensor]): Parameters, updated in place.
-        grads (list[Tensor]): Their dense gradients (never modified).
-        momentum_buffer_list (list[Tensor | None]): One buffer per
-            parameter, updated in place; a None entry receives a new buffer
-            (when ``momentum != 0``).
-        centralized (list[bool]): Whether GC applies to each parameter.
-        weight_decay (float): L2 penalty, or with ``decoupled`` the
-            decoupled decay of SGDW.
-        momentum (float): Momentum factor.
-        lr (float): Learning rate.
-        dampening (float): Dampening of the momentum.
-        nesterov (bool): Nesterov momentum.
-        maximize (bool): Maximize the objective instead.
-        decoupled (bool): Decoupled weight decay (SGDW): scale every
-            parameter by ``1 - lr * weight_decay`` and take the step without
-            an L2 term. Defaults to False.
-    """
-    if not params:
-        return
-    scale = 1.
-    if decoupled and weight_decay != 0:
-        scale, weight_decay = 1 - lr * weight_decay, 0.
-    hyper = dict(
-        weight_decay=weight_decay,
-        momentum=momentum,
-        lr=lr,
-        dampening=dampening,
-        nesterov=nesterov,
-        maximize=maximize)
-    if momentum == 0:
-        bufs: List[Optional[Tensor]] = [None] * len(params)
-    else:
-        bufs = momentum_buffer_list
-    module, on_cpu = _module_for(params)
-    if module is None or _shares_written_memory([
-            ([p, b], [g]) for p, g, b in zip(params, grads, bufs)
-    ]):
-        if scale != 1.:
-            _mul_(params, scale)
-        sgd_gc(
-            params,
-            grads,
-            momentum_buffer_list,
-            centralized,
-            foreach=not on_cpu,
-            **hyper)
-        return
-
-    half_ok = _half_safe(weight_decay, momentum, lr, 1 - dampening)
-    kernel = [
-        bool(c) and _kernel_takes(p, g, [b]) and
-        (p.dtype != torch.float16 or half_ok)
-        for p, g, b, c in zip(params, grads, bufs, centralized)
-    ]
-    (k_idx, (k_params, k_grads,
-             k_bufs)), (rest_idx, _) = _partition(kernel, params, grads, bufs)
-    if k_idx:
-        new_bufs = module.sgd_gc_(k_params, k_grads, k_bufs, weight_decay,
-                                  momentum, lr, dampening, nesterov, maximize,
-                                  scale)
-        for i, buf in zip(k_idx, new_bufs):
-            momentum_buffer_list[i] = buf
-    if not rest_idx:
-        return
-    if scale != 1.:
-        _mul_(_take(params, rest_idx), scale)
-    # The rest, in groups that each kernel takes whole: centralized
-    # tensors the C++ kernel refused, plain tensors for torch's fused
-    # kernel (which needs all or none of its buffers to exist), and plain
-    # tensors it does not take.
-    groups: Dict[str, List[int]] = {}
-    for i in rest_idx:
-        if centralized[i]:
-            key = 'gc'
-        elif _torch_fused_takes(params[i], grads[i], bufs[i]):
-            key = 'fused_new' if bufs[i] is None else 'fused'
-        else:
-            key = 'plain'
-        groups.setdefault(key, []).append(i)
-    for key, idx in groups.items():
-        sub = [
-            _take(params, idx),
-            _take(grads, idx),
-            _take(momentum_buffer_list, idx)
-        ]
-        if key == 'gc':
-            _single_tensor_sgd_gc(*sub, **hyper)
-        else:
-            torch_sgd(
-                *sub, foreach=False, fused=key.startswith('fused'), **hyper)
-        if momentum != 0:
-            for i, buf in zip(idx, sub[2]):
-                momentum_buffer_list[i] = buf
 
 
 def _adam_kernel_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
@@ -479,122 +350,9 @@ def _torch_fused_adam_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
             and _reads_as_values(step))
 
 
-def fused_adam_gc(params: List[Tensor],
-                  grads: List[Tensor],
-                  exp_avgs: List[Tensor],
-                  exp_avg_sqs: List[Tensor],
-                  max_exp_avg_sqs: List[Tensor],
-                  state_steps: List[Tensor],
-                  centralized: List[bool],
-                  *,
-                  gc_on_update: bool,
-                  decoupled: bool,
-                  amsgrad: bool,
-                  beta1: float,
-                  beta2: float,
-                  lr: float,
-                  weight_decay: float,
-                  eps: float,
-                  maximize: bool) -> None:
-    """Adam / AdamW with GC through the compiled CPU kernel
-    (``fused=True``).
-
-    Same update and arguments as :func:`mmdet_gc.functional.adam_gc`.
-    Centralized, contiguous CPU tensors of float32, float64, float16 or
-    bfloat16 go through one call of the C++ kernel; other centralized
-    tensors (channels_last, strided, complex) take the single-tensor
-    kernels, and tensors that are not centralized take torch's fused Adam /
-    AdamW kernel, so that a group with GC off equals
-    ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)`` (complex
-    ones: torch's single-tensor kernel). A parameter takes the
-    single-tensor kernels too where it, its gradient, a moment or its step
-    does not read as values (:func:`_reads_as_values`: not contiguous, or
-    with the negative or conjugate bit).
-
-    Where the kernel cannot be built, or for tensors that are not on the
-    CPU, one line is logged per process and the step runs
-    :func:`~mmdet_gc.functional.adam_gc` with ``foreach=False`` (CPU) or
-    ``foreach=True`` (other devices) instead.
-
-    Args:
-        params (list[Tensor]): Parameters, updated in place.
-        grads (list[Tensor]): Their dense gradients (never modified).
-        exp_avgs, exp_avg_sqs (list[Tensor]): The moments, updated in place.
-        max_exp_avg_sqs (list[Tensor]): With ``amsgrad``, the running
-            maxima of ``exp_avg_sqs``; an empty list otherwise.
-        state_steps (list[Tensor]): Float step counts, incremented in place.
-        centralized (list[bool]): Whether GC applies to each parameter.
-        gc_on_update (bool): Centralize the update instead of the gradient.
-        decoupled (bool): AdamW's decoupled weight decay instead of L2.
-        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
-            torch.optim.Adam / AdamW.
-    """
-    if not params:
-        return
-    hyper = dict(
-        amsgrad=amsgrad,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize)
-    lists = [
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
-    ]
-
-    def moments(i: int) -> List[Tensor]:
-        return [exp_avgs[i], exp_avg_sqs[i]] + \
-            ([max_exp_avg_sqs[i]] if amsgrad else [])
-
-    module, on_cpu = _module_for(params)
-    if module is None or _shares_written_memory([
-            ([p, *moments(i), state_steps[i]], [g])
-            for i, (p, g) in enumerate(zip(params, grads))
-    ]):
-        adam_gc(
-            *lists,
-            centralized,
-            foreach=not on_cpu,
-            gc_on_update=gc_on_update,
-            decoupled=decoupled,
-            **hyper)
-        return
-
-    half_ok = _half_safe(lr, weight_decay, lr * weight_decay, eps, beta1,
-                         beta2, 1 - beta1, 1 - beta2, lr / (1 - beta1))
-    kernel = [
-        bool(centralized[i])
-        and _adam_kernel_takes(params[i], grads[i], moments(i),
-                               state_steps[i])
-        and (params[i].dtype != torch.float16 or half_ok)
-        for i in range(len(params))
-    ]
-    (k_idx, k_lists), (rest_idx, _) = _partition(kernel, *lists)
-    if k_idx:
-        module.adam_gc_(*k_lists, gc_on_update, decoupled, amsgrad, beta1,
-                        beta2, lr, weight_decay, eps, maximize)
-    # The rest: plain tensors for torch's fused kernel, and the tensors no
-    # fused kernel takes (the single-tensor kernels).
-    groups: Dict[bool, List[int]] = {}
-    for i in rest_idx:
-        torch_fused = not centralized[i] and _torch_fused_adam_takes(
-            params[i], grads[i], moments(i), state_steps[i])
-        groups.setdefault(torch_fused, []).append(i)
-    for torch_fused, idx in groups.items():
-        sub = [_take(lst, idx) if lst else [] for lst in lists]
-        if torch_fused:
-            torch_adam(
-                *sub,
-                foreach=False,
-                fused=True,
-                decoupled_weight_decay=decoupled,
-                **hyper)
-        else:
-            adam_gc(
-                *sub,
-                _take(centralized, idx),
-                foreach=False,
-                gc_on_update=gc_on_update,
-                decoupled=decoupled,
-                **hyper)
+def use_fused(fused: Optional[bool], foreach: Optional[bool]) -> bool:
+    """Whether to run the compiled kernel (this module); it is
+    opt-in, and exclusive with ``foreach`` as torch's fused kernels are."""
+    if fused and foreach:
+        raise ValueError('`fused` and `foreach` cannot be `True` together')
+    return bool(fused)

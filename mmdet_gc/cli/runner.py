@@ -15,11 +15,8 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict, DictAction
 
-from .optim import GC_OPTIMIZERS
-
-
-class InputError(ValueError):
-    """Bad user input (config, paths, flags), found before any work."""
+from ..optim import GC_OPTIMIZERS
+from ..utils import InputError
 
 
 def _gc_names() -> str:
@@ -32,8 +29,8 @@ def apply_gc(cfg: Config, name: str) -> None:
     Every other optimizer argument (lr, momentum, weight decay, ...) and the
     rest of ``optim_wrapper`` (clipping, ``paramwise_cfg``) stay as they
     are, so a run differs from its baseline in GC only. ``fused=True``
-    stays for the SGD and Adam families (:mod:`mmdet_gc.fused`) and becomes
-    ``foreach=True`` for the others (said on stderr).
+    stays for the SGD and Adam families (:mod:`mmdet_gc.optim.fused`) and
+    becomes ``foreach=True`` for the others (said on stderr).
 
     Args:
         cfg (Config): A training config with ``optim_wrapper.optimizer``.
@@ -183,8 +180,8 @@ def check_checkpoint(door: Any,
     Raises:
         InputError: Naming the source and the problem.
     """
-    from .checkpoint import CheckpointError
-    from .checkpoint.door import scheme_of
+    from ..checkpoint import CheckpointError
+    from ..checkpoint.door import scheme_of
     if not path:
         return None
     if not isinstance(path, str) or any(ord(c) < 32 for c in path):
@@ -231,7 +228,7 @@ def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
     Raises:
         InputError: Naming the error.
     """
-    from .checkpoint.run_checks import BuildError, build_run
+    from ..checkpoint.run_checks import BuildError, build_run
     try:
         return build_run(cfg, optimizer=optimizer)
     except BuildError as e:
@@ -270,51 +267,6 @@ def use_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
-
-
-def _mim_config(root: str, owner: str, name: str) -> str:
-    """``root/.mim/configs/name``, where OpenMMLab packages keep the configs
-    that ``package::name`` in a ``_base_`` resolves to; ``name`` must be a
-    relative path that stays in that folder."""
-    configs = osp.join(root, '.mim', 'configs')
-    if not isinstance(name, str):
-        raise InputError(f'a config name is a str such as '
-                         f"'mask_rcnn/NAME.py', not {type(name).__name__}")
-    path = osp.normpath(osp.join(configs, name))
-    if osp.isabs(name) or not path.startswith(osp.normpath(configs) + os.sep) \
-            or not path.endswith('.py') or not osp.isfile(path):
-        raise InputError(f'{owner} has no config {name!r} (looked in '
-                         f'{configs})')
-    return path
-
-
-def mmdet_config_path(name: str) -> str:
-    """Path of one of MMDetection's own configs, e.g.
-    ``'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`` (what ``mmdet::`` names in
-    a ``_base_``)."""
-    from mmengine.utils import get_installed_path
-    return _mim_config(get_installed_path('mmdet'), 'MMDetection', name)
-
-
-def config_path(name: str) -> str:
-    """Path of one of mmdet-gc's configs, in a checkout or an installed
-    wheel alike.
-
-    A config of your own inherits one as ``_base_ =
-    'mmdet_gc::mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
-
-    Args:
-        name (str): The config's path under ``configs/``, e.g.
-            ``'mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
-
-    Returns:
-        str: Its absolute path.
-
-    Raises:
-        InputError: mmdet-gc has no such config.
-    """
-    return _mim_config(
-        osp.dirname(osp.abspath(__file__)), 'mmdet-gc', name)
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -423,7 +375,7 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
     """
     import torch
 
-    from .checkpoint import CheckpointDoor
+    from ..checkpoint import CheckpointDoor
     door = CheckpointDoor()
     try:
         cfg = build_cfg(args, door)
@@ -439,7 +391,7 @@ def run_through_door(cfg: Config, door: Any, tool: str,
     """Build the runner and run ``action(runner)`` with ``door`` as
     MMEngine's loader for every checkpoint scheme; a checkpoint the door
     refuses there (one not read up front) ends the tool with one line."""
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
     with door.installed():
         try:
             action(build_runner(cfg))

@@ -1,0 +1,7 @@
+"""Hooks of mmdet-gc (Gradient Centralization: Yong et al., ECCV 2020,
+arXiv:2004.01461): GC diagnostics and plain-data checkpoints."""
+from .gc_stats_hook import GCStatsHook
+from .plain_checkpoint_hook import PlainCheckpointHook
+from .row_mean_drift_hook import RowMeanDriftHook
+
+__all__ = ['GCStatsHook', 'PlainCheckpointHook', 'RowMeanDriftHook']

@@ -1,0 +1,56 @@
+"""Where mmdet-gc's configs are, in a checkout or an installed wheel, and
+the error bad user input raises.
+
+Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
+"""
+import os
+import os.path as osp
+
+
+class InputError(ValueError):
+    """Bad user input (config, paths, flags), found before any work."""
+
+
+def _mim_config(root: str, owner: str, name: str) -> str:
+    """``root/.mim/configs/name``, where OpenMMLab packages keep the configs
+    that ``package::name`` in a ``_base_`` resolves to; ``name`` must be a
+    relative path that stays in that folder."""
+    configs = osp.join(root, '.mim', 'configs')
+    if not isinstance(name, str):
+        raise InputError(f'a config name is a str such as '
+                         f"'mask_rcnn/NAME.py', not {type(name).__name__}")
+    path = osp.normpath(osp.join(configs, name))
+    if osp.isabs(name) or not path.startswith(osp.normpath(configs) + os.sep) \
+            or not path.endswith('.py') or not osp.isfile(path):
+        raise InputError(f'{owner} has no config {name!r} (looked in '
+                         f'{configs})')
+    return path
+
+
+def mmdet_config_path(name: str) -> str:
+    """Path of one of MMDetection's own configs, e.g.
+    ``'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`` (what ``mmdet::`` names in
+    a ``_base_``)."""
+    from mmengine.utils import get_installed_path
+    return _mim_config(get_installed_path('mmdet'), 'MMDetection', name)
+
+
+def config_path(name: str) -> str:
+    """Path of one of mmdet-gc's configs, in a checkout or an installed
+    wheel alike.
+
+    A config of your own inherits one as ``_base_ =
+    'mmdet_gc::mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
+
+    Args:
+        name (str): The config's path under ``configs/``, e.g.
+            ``'mask_rcnn/mask-rcnn_r50_fpn_sgd-gc_1x_coco.py'``.
+
+    Returns:
+        str: Its absolute path.
+
+    Raises:
+        InputError: mmdet-gc has no such config.
+    """
+    return _mim_config(
+        osp.dirname(osp.dirname(osp.abspath(__file__))), 'mmdet-gc', name)
