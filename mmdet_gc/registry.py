@@ -1,16 +1,62 @@
-"""Registration of mmdet-gc's modules in MMEngine's root registries.
+"""mmdet-gc's registries, and the registration of its modules.
 
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 
-The root registries are the parents of mmdet's (``mmdet.registry.
-OPTIMIZERS`` ...), so the names resolve under the ``mmdet`` scope and any
-other downstream scope. One function per family, as
-``mmengine/optim/optimizer/builder.py`` has.
+The ``mmdet_gc`` scope has a child of each of mmdet's registries, so that
+a config inherited as ``mmdet_gc::NAME`` (whose dicts MMEngine marks with
+``_scope_='mmdet_gc'``) resolves with no scope warning. The modules
+themselves are registered in MMEngine's root registries, the parents of
+mmdet's (``mmdet.registry.OPTIMIZERS`` ...), so the names resolve under the
+``mmdet`` scope and any other downstream scope. One function per family,
+as ``mmengine/optim/optimizer/builder.py`` has.
 """
 from typing import Dict, List
 
-from mmengine.registry import (HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS,
-                               TRANSFORMS, Registry)
+import mmdet.registry as mmdet_registry
+from mmengine import registry as root
+from mmengine.registry import Registry
+
+
+def _child(parent: Registry) -> Registry:
+    """A registry of the ``mmdet_gc`` scope under mmdet's ``parent``: what
+    ``_scope_='mmdet_gc'`` (which MMEngine writes into the dicts of a
+    config inherited as ``mmdet_gc::NAME``) resolves to, finding every
+    mmdet and MMEngine module through its parents. Our modules themselves
+    are registered in MMEngine's root registries (below), so they build
+    under the ``mmdet`` scope and any other as well. Its locations, imported
+    when the scope is first used, are ``mmdet_gc`` (which registers ours)
+    and mmdet's own for that registry (its parent's lookups do not import
+    them)."""
+    return Registry(
+        parent.name,
+        parent=parent,
+        scope='mmdet_gc',
+        locations=['mmdet_gc', *parent._locations])
+
+
+# Child registries of mmdet's, as OpenMMLab's downstream packages define
+# theirs (mmyolo's ``registry.py``).
+RUNNERS = _child(mmdet_registry.RUNNERS)
+RUNNER_CONSTRUCTORS = _child(mmdet_registry.RUNNER_CONSTRUCTORS)
+LOOPS = _child(mmdet_registry.LOOPS)
+HOOKS = _child(mmdet_registry.HOOKS)
+DATASETS = _child(mmdet_registry.DATASETS)
+DATA_SAMPLERS = _child(mmdet_registry.DATA_SAMPLERS)
+TRANSFORMS = _child(mmdet_registry.TRANSFORMS)
+MODELS = _child(mmdet_registry.MODELS)
+MODEL_WRAPPERS = _child(mmdet_registry.MODEL_WRAPPERS)
+WEIGHT_INITIALIZERS = _child(mmdet_registry.WEIGHT_INITIALIZERS)
+OPTIMIZERS = _child(mmdet_registry.OPTIMIZERS)
+OPTIM_WRAPPERS = _child(mmdet_registry.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _child(
+    mmdet_registry.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _child(mmdet_registry.PARAM_SCHEDULERS)
+METRICS = _child(mmdet_registry.METRICS)
+EVALUATOR = _child(mmdet_registry.EVALUATOR)
+TASK_UTILS = _child(mmdet_registry.TASK_UTILS)
+VISUALIZERS = _child(mmdet_registry.VISUALIZERS)
+VISBACKENDS = _child(mmdet_registry.VISBACKENDS)
+LOG_PROCESSORS = _child(mmdet_registry.LOG_PROCESSORS)
 
 
 def _qualname(obj: object) -> str:
@@ -52,14 +98,14 @@ def register_modules(registry: Registry, classes: Dict[str,
 def register_gc_optimizers() -> List[str]:
     """Register the 14 GC optimizers in ``OPTIMIZERS``."""
     from .optim import GC_OPTIMIZERS
-    return register_modules(OPTIMIZERS, GC_OPTIMIZERS)
+    return register_modules(root.OPTIMIZERS, GC_OPTIMIZERS)
 
 
 def register_gc_optim_wrapper_constructors() -> List[str]:
     """Register ``GCOptimWrapperConstructor`` (GC for any optimizer)."""
     from .optim.any_optimizer import GCOptimWrapperConstructor
     return register_modules(
-        OPTIM_WRAPPER_CONSTRUCTORS,
+        root.OPTIM_WRAPPER_CONSTRUCTORS,
         {'GCOptimWrapperConstructor': GCOptimWrapperConstructor})
 
 
@@ -70,7 +116,7 @@ def register_gc_hooks() -> List[str]:
     from .engine.hooks import PlainCheckpointHook
     from .engine.hooks import GCStatsHook, RowMeanDriftHook
     return register_modules(
-        HOOKS, {
+        root.HOOKS, {
             'PlainCheckpointHook': PlainCheckpointHook,
             'RowMeanDriftHook': RowMeanDriftHook,
             'GCStatsHook': GCStatsHook
@@ -80,7 +126,8 @@ def register_gc_hooks() -> List[str]:
 def register_gc_transforms() -> List[str]:
     """Register ``IntensityShift`` (evaluation under brightness offsets)."""
     from .datasets import IntensityShift
-    return register_modules(TRANSFORMS, {'IntensityShift': IntensityShift})
+    return register_modules(root.TRANSFORMS,
+                            {'IntensityShift': IntensityShift})
 
 
 def register_config_package() -> None:

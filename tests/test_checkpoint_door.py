@@ -98,10 +98,10 @@ def test_url_test_checkpoint(server, ckpts, tmp_path):
                     str(work), ok=False, env=_env(tmp_path))
     _one_line_error(proc, evil, 'is refused')
     assert not canary.exists() and not work.exists()
-    # The download stays in torch's hub cache, and is read as data again.
+    # A refused download does not stay in torch's hub cache.
     cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / \
         'evil-test.pth'
-    assert cached.exists()
+    assert not cached.exists()
     proc = run_tool('tools/test.py', ckpts['cfg'], evil, '--work-dir',
                     str(work), ok=False, env=_env(tmp_path))
     _one_line_error(proc, evil, 'is refused')
@@ -328,6 +328,12 @@ def mutate(ckpt, case):
         c['param_schedulers'].append(dict(sched))
     elif case == 'scheduler base_values of another length':
         sched['base_values'] = [0.1, 0.2, 0.3]
+    elif case == 'momentum_buffer 0-dim':
+        state['momentum_buffer'] = buf.reshape(-1)[0].clone()
+    elif case == 'momentum_buffer a float':
+        state['momentum_buffer'] = 0.5
+    elif case == 'scheduler factors dividing by zero':
+        sched['start_factor'] = sched['end_factor'] = 0.0
     return c
 
 
@@ -339,7 +345,8 @@ RESUME_CASES = [
     'scheduler key replacing its optimizer', 'lr complex nan', 'lr 10**400',
     'momentum a string', 'momentum negative', 'an extra group',
     'state of no parameter', 'one scheduler too many',
-    'scheduler base_values of another length'
+    'scheduler base_values of another length', 'momentum_buffer 0-dim',
+    'momentum_buffer a float', 'scheduler factors dividing by zero'
 ]
 
 # Each crafted file through tools/train.py --resume, in one process: one
@@ -517,3 +524,198 @@ def test_importing_adds_only_torchs_own_dtensor_classes():
     assert 'load_from_http' in after['schemes'].values()
     for entry in set(after['user']) - set(before['user']):
         assert entry.startswith("<class 'torch.distributed."), entry
+
+
+# --------------------------------------------------------------------------
+# Found by an attack review of the door (see issue 15's closing note).
+# --------------------------------------------------------------------------
+
+
+def test_refused_download_leaves_the_cache_and_trust_downloads_fresh(
+        server, ckpts, tmp_path, monkeypatch):
+    """A refused download does not stay in the hub cache, and a URL trusted
+    by name is that URL's file, never what the cache holds under its
+    file name."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'home'))
+    canary = tmp_path / 'canary.txt'
+    folder, url = server
+    (folder / 'evil').mkdir()
+    (folder / 'good').mkdir()
+    craft(folder / 'evil' / 'model.pth', attack('exec', canary))
+    (folder / 'good' / 'model.pth').write_bytes(
+        open(ckpts['ours'], 'rb').read())
+    evil, good = f'{url}/evil/model.pth', f'{url}/good/model.pth'
+    with pytest.raises(CheckpointError, match='is refused'):
+        CheckpointDoor().read(evil)
+    assert not osp.exists(hub_cache_file(evil))
+    # Planted in the cache under the good URL's file name: trust for the
+    # good URL still reads the good URL.
+    craft(hub_cache_file(good), attack('exec', canary))
+    ckpt = CheckpointDoor(trusted=(good, )).read(good)
+    assert not canary.exists() and 'state_dict' in ckpt
+
+
+def test_every_load_of_a_source_gets_what_was_checked(ckpts, tmp_path,
+                                                      monkeypatch):
+    import mmdet_gc.checkpoint.door as door_mod
+    path = str(tmp_path / 'c.pth')
+    with open(path, 'wb') as f:
+        f.write(open(ckpts['ours'], 'rb').read())
+    reads = []
+    real = door_mod.read_checkpoint
+    monkeypatch.setattr(door_mod, 'read_checkpoint',
+                        lambda *a, **k: reads.append(a) or real(*a, **k))
+    door = CheckpointDoor()
+    door.read(path, resume=True)
+    os.remove(path)  # swapped or gone after the check: never read again
+    first, second = door.load(path), door.load(path)
+    assert len(reads) == 1 and first is not second
+    for k, v in first['state_dict'].items():
+        assert torch.equal(v, second['state_dict'][k])
+
+
+def test_trust_does_not_follow_last_checkpoint(ckpts, tmp_path):
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(ckpts['ours'])
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--resume',
+                    '--trust-checkpoint', '--work-dir', str(work), ok=False)
+    _one_line_error(proc, '--trust-checkpoint', 'last_checkpoint')
+    assert os.listdir(work) == ['last_checkpoint']
+
+
+def test_an_escaped_marked_dict_is_decoded_once(ckpts, tmp_path):
+    """A checkpoint wrapped in an escaped marked dict shows the checks one
+    checkpoint; decoding again would give the runner another."""
+    from mmdet_gc.checkpoint import TAG
+    good = load(ckpts['ours'])
+    bad = copy.deepcopy(good)
+    bad['optimizer']['param_groups'][0]['lr'] = float('nan')
+    path = str(tmp_path / 'double.pth')
+    torch.save({TAG: 'dict', 'items': dict(good, **{TAG: 'dict',
+                                                     'items': bad})}, path)
+    work = tmp_path / 'work'
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--resume', path,
+                    '--work-dir', str(work))
+    assert 'lr: nan' not in proc.stdout + proc.stderr
+    a, b = load(ckpts['ours2']), load(str(work / 'iter_2.pth'))
+    for k in a['state_dict']:
+        assert torch.equal(a['state_dict'][k], b['state_dict'][k]), k
+
+
+LAUGHS = r'''
+import sys, torch
+x = [0]
+for _ in range(60):
+    x = [x, x]
+torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': x}},
+           sys.argv[1])
+'''
+
+
+def _bombs(tmp_path):
+    out = {}
+    path = str(tmp_path / 'laughs.pth')
+    run_tool('-c', LAUGHS, path)
+    out['laughs'] = path
+    for name, value in (('expanded weight', torch.zeros(1).expand(2**33)),
+                        ('neg expanded', torch._neg_view(
+                            torch.zeros(1).expand(2**33)))):
+        path = str(tmp_path / f'{len(out)}.pth')
+        torch.save({'state_dict': {'w': value}}, path)
+        out[name] = path
+    import zipfile
+    plain = str(tmp_path / 'plain.pth')
+    torch.save({'state_dict': {'w': torch.zeros(2**20)}}, plain)
+    path = str(tmp_path / 'deflated.pth')
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(
+            path, 'w', zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    out['compressed'] = path
+    return out
+
+
+def test_small_files_cannot_ask_for_unbounded_work(ckpts, tmp_path):
+    import time
+    for name, path in _bombs(tmp_path).items():
+        start = time.monotonic()
+        proc = run_tool('tools/test.py', ckpts['cfg'], path, '--work-dir',
+                        str(tmp_path / 'w'), ok=False)
+        _one_line_error(proc, path)
+        assert time.monotonic() - start < 60, name
+        assert not (tmp_path / 'w').exists(), name
+
+
+def test_resume_through_the_config_is_checked(ckpts, tmp_path):
+    bad = mutate(load(ckpts['ours']), 'lr tensor nan')
+    path = str(tmp_path / 'bad.pth')
+    torch.save(bad, path)
+    work = tmp_path / 'work'
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--work-dir', str(work),
+                    '--cfg-options', 'resume=True', f'load_from={path}',
+                    ok=False)
+    _one_line_error(proc, path, '--resume')
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(path)
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--work-dir', str(work),
+                    '--cfg-options', 'resume=True', ok=False)
+    _one_line_error(proc, path, '--resume')
+    assert os.listdir(work) == ['last_checkpoint']
+
+
+def test_pretrained_named_any_way_is_read_before_the_run(tmp_path,
+                                                        data_root):
+    canary = tmp_path / 'canary.txt'
+    evil = craft(tmp_path / 'evil.pth', attack('exec', canary))
+    for how in (f'pretrained={evil!r}',
+                f"init_cfg=dict(_delete_=True, type='mmengine.Pretrained', "
+                f'checkpoint={evil!r})'):
+        cfg = tiny_config(
+            tmp_path, data_root, extra=f'model = dict(backbone=dict({how}))')
+        work = tmp_path / 'work'
+        proc = run_tool('tools/train.py', cfg, '--work-dir', str(work),
+                        ok=False)
+        _one_line_error(proc, evil, 'is refused')
+        assert not work.exists() and not canary.exists(), how
+
+
+def test_cfg_options_that_do_not_merge_are_one_line(ckpts, tmp_path):
+    work = tmp_path / 'work'
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--work-dir', str(work),
+                    '--cfg-options', 'model.backbone.init_cfg.type=x',
+                    ok=False)
+    _one_line_error(proc, '--cfg-options')
+    assert not work.exists()
+
+
+def test_one_cycle_runs_save_and_resume(tmp_path, data_root):
+    extra = '''
+    param_scheduler = [dict(type='OneCycleLR', eta_max=0.01, total_steps=2,
+                            by_epoch=False)]
+    '''
+    cfg = tiny_config(tmp_path, data_root, max_iters=2, interval=1,
+                      extra=extra)
+    run_tool('tools/train.py', cfg, '--work-dir', str(tmp_path / 'a'))
+    run_tool('tools/train.py', cfg, '--resume',
+             str(tmp_path / 'a' / 'iter_1.pth'), '--work-dir',
+             str(tmp_path / 'b'))
+    a = load(str(tmp_path / 'a' / 'iter_2.pth'))['state_dict']
+    b = load(str(tmp_path / 'b' / 'iter_2.pth'))['state_dict']
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_paper_config_without_its_weights_is_one_line(tmp_path):
+    """Offline, with nothing in the hub cache, a paper config stops before
+    the runner with one line naming the source, where the file goes and
+    the way out; torchvision is not needed to resolve torchvision://."""
+    cfg = 'configs/faster_rcnn/faster-rcnn_r50_fpn_sgd-gc_1x_coco.py'
+    work = tmp_path / 'work'
+    env = dict(_env(tmp_path), http_proxy='http://127.0.0.1:9',
+               https_proxy='http://127.0.0.1:9')
+    proc = run_tool('tools/train.py', cfg, '--work-dir', str(work),
+                    ok=False, env=env)
+    _one_line_error(proc, 'init_cfg', 'resnet50-0676ba61.pth',
+                    'cannot be downloaded', 'init_cfg=None')
+    assert not work.exists()

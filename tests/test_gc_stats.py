@@ -3,6 +3,7 @@ the weight row means, per module group, against a hand computation on a
 toy model, logged through MMEngine's message hub (Yong et al., ECCV 2020:
 what GC does inside a model, made visible)."""
 import itertools
+import os.path as osp
 from types import SimpleNamespace
 
 import pytest
@@ -140,3 +141,30 @@ def test_reads_the_gradients_before_the_any_optimizer_gc_hook():
     wrapper.update_params(model(torch.randn(4, 2, 5, 5)))
     removed = runner.message_hub.get_scalar('train/gc_removed/backbone')
     assert removed.current() > 1e-6  # not the already-centralized gradient
+
+
+def test_the_names_the_docs_give_are_the_names_logged(tmp_path, data_root):
+    """What a run writes to its JSON scalars (and visualizer backends) is
+    what docs/en/diagnostics.md says it writes."""
+    import glob
+    import json
+    import re
+
+    from tool_helpers import ROOT, run_tool, tiny_config
+    cfg = tiny_config(
+        tmp_path,
+        data_root,
+        max_iters=2,
+        extra='custom_hooks = [dict(type=\'GCStatsHook\', interval=1), '
+        'dict(type=\'PlainCheckpointHook\')]\n')
+    work = tmp_path / 'work'
+    run_tool('tools/train.py', cfg, '--work-dir', str(work))
+    logged = set()
+    for path in glob.glob(str(work / '*' / 'vis_data' / 'scalars.json')):
+        for line in open(path):
+            logged.update(k for k in json.loads(line) if k.startswith('gc_'))
+    assert logged, 'no GC scalars in the run\'s JSON scalars'
+    shapes = {re.sub(r'/[^/]+$', '/<module>', k) for k in logged}
+    doc = open(osp.join(ROOT, 'docs', 'en', 'diagnostics.md')).read()
+    named = set(re.findall(r'`(gc_[a-z]+/<module>)`', doc))
+    assert named == shapes == {'gc_removed/<module>', 'gc_drift/<module>'}

@@ -149,7 +149,8 @@ def test_readme_and_docs_links_resolve():
     import glob
     import re
     pages = [osp.join(ROOT, 'README.md')] + glob.glob(
-        osp.join(ROOT, 'docs', 'en', '*.md'))
+        osp.join(ROOT, 'docs', 'en', '*.md')) + glob.glob(
+            osp.join(ROOT, 'configs', '*', 'README.md'))
     missing = []
     for page in pages:
         for target in re.findall(r'\]\(([^)#\s]+)\)', open(page).read()):
@@ -159,3 +160,30 @@ def test_readme_and_docs_links_resolve():
                 missing.append(f'{osp.relpath(page, ROOT)}: {target}')
     assert missing == []
     assert len(open(pages[0]).read().splitlines()) <= 200
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+    from unittest import mock
+
+    from mmdet_gc.cli import COMMANDS
+    missing = []
+    for name in COMMANDS:
+        module = __import__(f'mmdet_gc.cli.{name}', fromlist=['main'])
+        seen = []
+
+        def grab(parser, *args, **kwargs):
+            seen.append(parser)
+            raise SystemExit(0)
+
+        with mock.patch.object(argparse.ArgumentParser, 'parse_args', grab):
+            try:
+                module.main(['x'])
+            except SystemExit:
+                pass
+        assert seen, name
+        missing += [
+            f'{name} {a.option_strings or a.dest}' for a in seen[0]._actions
+            if not a.help and a.dest != 'help'
+        ]
+    assert missing == []

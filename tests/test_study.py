@@ -450,3 +450,26 @@ def test_cli_report_only_on_a_damaged_study(tmp_path):
     ]
     assert len(warnings) == len(named), out.stderr
     assert {n for n in named if any(n in w for w in warnings)} == named
+
+
+def test_the_docs_study_commands_share_one_study():
+    """The documented study, its --print-commands and its --report-only
+    name the same study (work dir, arms, seeds, offsets), so the report
+    finds the runs."""
+    import re
+    import shlex
+
+    from mmdet_gc.cli.study import parse_args
+    from tool_helpers import ROOT
+    text = open(osp.join(ROOT, 'docs', 'en', 'studies.md')).read()
+    lines = ' '.join(re.findall(r'```bash\n(.*?)```', text,
+                                re.S)).replace('\\\n', ' ').splitlines()
+    runs = [
+        parse_args(shlex.split(line.replace('$CFG', 'c.py'))[2:])
+        for line in lines if line.strip().startswith('python tools/gc_study')
+    ]
+    assert len(runs) == 3
+    assert {r.print_commands for r in runs} == {True, False}
+    assert any(r.report_only for r in runs)
+    keys = [(r.work_dir, r.gc, r.seeds, r.shifts, r.lr) for r in runs]
+    assert len(set(map(str, keys))) == 1, keys

@@ -57,6 +57,59 @@ def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach):
     assert_same_as(ours, a, theirs, b, STEPS)
 
 
+def _has_tensor_hyper(kwargs):
+    return any(
+        torch.is_tensor(v) or isinstance(v, tuple) and any(map(
+            torch.is_tensor, v)) for v in kwargs.values())
+
+
+def tensor_hyper_inputs(algo):
+    """torch's inputs for ``algo`` with a tensor lr or betas. torch lists
+    them among its CUDA inputs, with ``capturable`` (CUDA graphs), which
+    the CPU has no use for: the same values without it."""
+    info = TORCH[algo]
+    return [({k: v
+              for k, v in i.kwargs.items() if k != 'capturable'}, i.desc)
+            for i in info.optim_inputs_func(device='cuda', dtype=DT)
+            if i.params is None and _has_tensor_hyper(i.kwargs)]
+
+
+# In float32, a tensor lr or betas rounds differently from a Python number:
+# the Adam family hands them to torch's kernels as given. torch's fused CPU
+# Adam takes them too.
+TENSOR_HYPER = [
+    pytest.param(name, kwargs, mode, id=f'{name}-{desc}-{mode}')
+    for name, cls in GC_OPTIMIZERS.items()
+    if cls.base_algorithm in ('Adam', 'AdamW')
+    for kwargs, desc in tensor_hyper_inputs(cls.base_algorithm)
+    for mode in ('single', 'foreach', 'fused')
+]
+
+
+@pytest.mark.parametrize('name,kwargs,mode', TENSOR_HYPER)
+def test_gc_off_equals_torch_with_tensor_hyper_parameters_in_float32(
+        name, kwargs, mode):
+    cls = GC_OPTIMIZERS[name]
+    flag = {'single': dict(foreach=False), 'foreach': dict(foreach=True),
+            'fused': dict(fused=True)}[mode]
+    a = make_params(dtype=torch.float32)
+    b = make_params(dtype=torch.float32)
+    theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
+        b.values(), **flag, **kwargs))
+    ours = _builds(lambda: cls(a.values(), gc=False, **flag, **kwargs))
+    if isinstance(theirs, ValueError):  # torch refuses the combination
+        assert isinstance(ours, ValueError), theirs
+        return
+    assert not isinstance(ours, Exception), ours
+    assert_same_as(ours, a, theirs, b, STEPS)
+
+
+def test_there_are_tensor_hyper_parameter_inputs():
+    # 8 Adam-family classes x torch's inputs with a tensor lr or betas.
+    assert len(tensor_hyper_inputs('Adam')) >= 2
+    assert len(TENSOR_HYPER) >= 16 * 3
+
+
 @pytest.mark.parametrize('name,kwargs,foreach', CASES)
 def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach):
     cls = GC_OPTIMIZERS[name]

@@ -51,7 +51,7 @@ def venv(tmp_path_factory):
         osp.join(ROOT, 'mmdet_gc'), src / 'mmdet_gc', symlinks=True,
         ignore=ignore)
     shutil.copytree(osp.join(ROOT, 'configs'), src / 'configs', ignore=ignore)
-    for name in ('pyproject.toml', 'README.md'):
+    for name in ('pyproject.toml', 'README.md', 'LICENSE'):
         shutil.copy(osp.join(ROOT, name), src / name)
     dist = tmp / 'dist'
     _run([
@@ -87,13 +87,16 @@ def venv(tmp_path_factory):
 def test_wheel_carries_configs_and_entry_point(venv):
     names = zipfile.ZipFile(venv['wheel']).namelist()
     shipped = sorted(
-        n.split('.mim/configs/')[1] for n in names if '.mim/configs/' in n)
+        n.split('.mim/configs/')[1] for n in names
+        if '.mim/configs/' in n and n.endswith('.py'))
     ours = sorted(
         osp.relpath(osp.join(d, f), osp.join(ROOT, 'configs'))
         for d, _, files in os.walk(osp.join(ROOT, 'configs')) for f in files
         if f.endswith('.py'))
     assert shipped == ours and len(ours) >= 17
     assert 'mmdet_gc/.mim/model-index.yml' in names
+    assert 'mmdet_gc/.mim/configs/mask_rcnn/metafile.yml' in names
+    assert 'mmdet_gc/.mim/configs/mask_rcnn/README.md' in names
     # The fused kernel's source, compiled on first use from the install.
     assert 'mmdet_gc/optim/csrc/sgd_gc_fused.cpp' in names
     assert 'mmdet_gc/optim/csrc/gc_fused_common.h' in names
@@ -134,6 +137,22 @@ def test_wheel_trains_and_tests_from_an_inherited_config(venv, data_root):
     assert '| wt |' in report.stdout
 
 
+def test_wheel_runs_the_demo_outside_the_checkout(venv):
+    """``mmdet-gc demo`` from the installed wheel: it makes the data, trains,
+    tests and prints AP (2 iterations here)."""
+    work = venv['tmp'] / 'demo'
+    work.mkdir()
+    out = _run([
+        osp.join(venv['bin'], 'mmdet-gc'), 'demo', '--work-dir', 'w',
+        '--data-root', 'data', '--max-iters', '2', '--num-train', '4',
+        '--num-val', '2'
+    ],
+               cwd=work).stdout
+    assert 'bbox mAP' in out and 'segm mAP' in out
+    assert (work / 'data' / 'annotations' / 'instances_val.json').is_file()
+    assert (work / 'w' / 'iter_2.pth').is_file()
+
+
 def test_wheel_help_and_version(venv):
     out = _run([osp.join(venv['bin'], 'mmdet-gc'), '--help'],
                cwd=venv['tmp']).stdout
@@ -148,7 +167,8 @@ TOOLS = {
     'test': 'test.py',
     'report': 'gc_report.py',
     'study': 'gc_study.py',
-    'convert': 'convert_checkpoint.py'
+    'convert': 'convert_checkpoint.py',
+    'demo': 'demo.py'
 }
 
 
@@ -167,7 +187,7 @@ def test_unknown_command_is_one_line():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "mmdet-gc: error: unknown command 'trian' (one of: train, test, "
-        'report, study, convert)'
+        'report, study, convert, demo)'
     ]
 
 

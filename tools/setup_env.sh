@@ -47,10 +47,26 @@ else
     "${PIP[@]}" install "torch==$TORCH_VERSION"
 fi
 
-# mmcv's setup.py needs setuptools < 70 (pkg_resources as it uses it) and,
-# built without isolation, the torch above to compile its ops. The package
-# install below moves setuptools back to what torch and mmengine accept.
-"${PIP[@]}" install -q 'setuptools<70' wheel ninja packaging
+# torchvision of this torch (torch 2.N pairs with torchvision 0.(N+15)), as
+# MMDetection's install guide installs both. Where no build that imports
+# beside this torch can be had (a CPU-only torch where the registries
+# serve CUDA torchvision builds only), say so and carry on: torchvision://
+# weights resolve without it (mmdet_gc.checkpoint.door).
+if ! "$PY" -c 'import torchvision' >/dev/null 2>&1; then
+    TORCH_V=$("$PY" -c 'import torch; print(torch.__version__)')
+    TV=$("$PY" -c 'import torch; v = torch.__version__.split(".")
+print(f"0.{int(v[1]) + 15}.*" if v[0] == "2" else "")')
+    if [ -n "$TV" ] && "${PIP[@]}" install -q --no-deps "torchvision==$TV" \
+            >/dev/null 2>&1 && "$PY" -c 'import torchvision' >/dev/null 2>&1
+    then
+        say "torchvision $("$PY" -c 'import torchvision as t; print(t.__version__)') installed for torch $TORCH_V"
+    else
+        "${PIP[@]}" uninstall -q -y torchvision >/dev/null 2>&1 || true
+        say "no torchvision build that imports beside torch $TORCH_V can" \
+            "be installed here; carrying on without it (torchvision://" \
+            "weights resolve through MMEngine's URL table)"
+    fi
+fi
 
 if "$PY" -c 'import mmcv.ops' >/dev/null 2>&1; then
     say "mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') with compiled ops found; keeping it"
@@ -58,14 +74,25 @@ else
     say "building mmcv==$MMCV_VERSION with its compiled ops (about 10" \
         "minutes on 2 cores the first time; pip's wheel cache makes later" \
         "runs take seconds)"
+    # mmcv's setup.py needs setuptools < 70 (pkg_resources as it uses it)
+    # and, built without isolation, the torch above to compile its ops.
+    # torch asks for a newer setuptools, which the package install below
+    # brings back: the conflict lasts only for this build, so pip is not
+    # asked to report it.
+    "${PIP[@]}" install -q --no-warn-conflicts 'setuptools<70' wheel ninja \
+        packaging
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-        "${PIP[@]}" install --no-build-isolation "mmcv==$MMCV_VERSION"
+        "${PIP[@]}" install --no-build-isolation --no-warn-conflicts \
+        "mmcv==$MMCV_VERSION"
     "$PY" -c 'import mmcv.ops' || {
         say "mmcv installed but mmcv.ops does not import"; exit 1; }
 fi
 
 say "installing mmengine, mmdet, pycocotools and mmdet_gc[tests]"
-"${PIP[@]}" install -q 'mmengine>=0.10.0,<0.11' 'mmdet==3.3.0' pycocotools
+# setuptools back to what torch asks for (and below 81, which has no
+# pkg_resources for mmengine 0.10 and mmcv 2.1), in the same step.
+"${PIP[@]}" install -q 'mmengine>=0.10.0,<0.11' 'mmdet==3.3.0' pycocotools \
+    'setuptools>=77.0.3,<81'
 "${PIP[@]}" install -q -e "$ROOT[tests]"
 
 cp "$ROOT/pyproject.toml" "$STAMP"

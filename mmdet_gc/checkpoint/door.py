@@ -25,6 +25,7 @@ untouched; the runner then gets the checked object, not a second read.
 module only makes the package's runs safe to resume and test.)
 """
 import contextlib
+import copy
 import os
 import os.path as osp
 import re
@@ -69,23 +70,36 @@ def hub_cache_file(url: str) -> str:
     return osp.join(torch.hub.get_dir(), 'checkpoints', name)
 
 
-def download(url: str) -> str:
-    """``url`` in torch's hub cache, downloaded if it is not there yet (not
-    unpickled); in a distributed run, rank 0 downloads first."""
+def download(url: str, fresh: Optional[str] = None) -> Tuple[str, bool]:
+    """``url`` as a local file, not unpickled: in torch's hub cache,
+    downloaded if it is not there yet (in a distributed run, rank 0
+    first); or, with ``fresh`` (a folder), downloaded into it whatever the
+    cache holds, so that a file trusted by its URL is that URL's file.
+
+    Returns:
+        tuple: The file, and whether this call put it in the cache.
+    """
     from mmengine.dist import barrier, get_dist_info
     dst = hub_cache_file(url)
+    if fresh is not None:
+        dst = osp.join(fresh, osp.basename(dst))
     rank, world_size = get_dist_info()
-    for turn in (0, 1) if world_size > 1 else (0, ):
+    fetched = False
+    for turn in (0, 1) if fresh is None and world_size > 1 else (0, ):
         if (rank == 0) == (turn == 0) and not osp.exists(dst):
             os.makedirs(osp.dirname(dst), exist_ok=True)
             try:  # writes a temporary file, then moves it into place
                 torch.hub.download_url_to_file(url, dst, progress=False)
             except Exception as e:
-                raise CheckpointError(f'checkpoint {url} cannot be '
-                                      f'downloaded: {_reason(e)}') from None
+                raise CheckpointError(
+                    f'checkpoint {url} cannot be downloaded ({_reason(e)}); '
+                    f'place the file at {hub_cache_file(url)}, or do without '
+                    'it (e.g. init_cfg=None for a pretrained backbone)'
+                ) from None
+            fetched = fresh is None
         if world_size > 1 and turn == 0:
             barrier()
-    return dst
+    return dst, fetched
 
 
 def _reason(e: BaseException) -> str:
@@ -124,7 +138,8 @@ def torchvision_urls() -> dict:
     return urls
 
 
-def _openmmlab_file(source: str) -> str:
+def _openmmlab_file(source: str,
+                    fresh: Optional[str]) -> Tuple[str, bool]:
     from mmengine.runner.checkpoint import (_get_mmengine_home,
                                             get_deprecated_model_names,
                                             get_external_models)
@@ -135,8 +150,8 @@ def _openmmlab_file(source: str) -> str:
         source = prefix + deprecated[name]
     url = _zoo_url(source, prefix, get_external_models, 'open-mmlab')
     if url.startswith(HTTP):
-        return download(url)
-    return osp.join(_get_mmengine_home(), url)
+        return download(url, fresh)
+    return osp.join(_get_mmengine_home(), url), False
 
 
 def _ceph_file(source: str, folder: str) -> str:
@@ -159,14 +174,17 @@ def _pavi_file(source: str, folder: str) -> str:
 def local_file(
     source: str,
     folder: str,
-    schemes: Optional[Dict[str, Callable]] = None
-) -> Tuple[str, Optional[Callable[[dict], dict]]]:
-    """The local file that holds ``source``, and what MMEngine does to the
-    loaded checkpoint afterwards (``mmcls://``: keep the backbone).
+    schemes: Optional[Dict[str, Callable]] = None,
+    fresh: bool = False
+) -> Tuple[str, Optional[Callable[[dict], dict]], bool]:
+    """The local file that holds ``source``, what MMEngine does to the
+    loaded checkpoint afterwards (``mmcls://``: keep the backbone), and
+    whether the file was put in torch's hub cache now.
 
     A path that exists is that file, whatever it looks like. Remote
     storage without a cache (``s3://``, ``pavi://``) is fetched into
-    ``folder``.
+    ``folder``, and so is a download with ``fresh`` (a trusted source:
+    never a file the cache already held).
 
     Raises:
         CheckpointError: A source the door does not read (a scheme another
@@ -174,27 +192,28 @@ def local_file(
             or a failed download.
     """
     if osp.exists(osp.expanduser(source)):
-        return osp.expanduser(source), None
+        return osp.expanduser(source), None, False
     scheme = scheme_of(source, schemes)
+    into = folder if fresh else None
     if scheme == '':
-        return osp.expanduser(source), None
+        return osp.expanduser(source), None, False
     if scheme in HTTP:
-        return download(source), None
+        return _with(download(source, into), None)
     if scheme in TORCHVISION:
-        return download(
-            _zoo_url(source, scheme, torchvision_urls, 'torchvision')), None
+        url = _zoo_url(source, scheme, torchvision_urls, 'torchvision')
+        return _with(download(url, into), None)
     if scheme in OPENMMLAB:
-        return _openmmlab_file(source), None
+        return _with(_openmmlab_file(source, into), None)
     if scheme == MMCLS:
         from mmengine.runner.checkpoint import (_process_mmcls_checkpoint,
                                                 get_mmcls_models)
         url = _zoo_url(source, scheme, get_mmcls_models, 'mmcls')
-        return download(url), _process_mmcls_checkpoint
+        return _with(download(url, into), _process_mmcls_checkpoint)
     try:
         if scheme in CEPH:
-            return _ceph_file(source, folder), None
+            return _ceph_file(source, folder), None, False
         if scheme == PAVI:
-            return _pavi_file(source, folder), None
+            return _pavi_file(source, folder), None, False
     except CheckpointError:
         raise
     except Exception as e:  # no petrel / pavi client, no such object...
@@ -205,6 +224,11 @@ def local_file(
         'reads as data; fetch the file and give its local path (or pass '
         '--trust-checkpoint to let the loader that package registered '
         'read this one source)')
+
+
+def _with(found: Tuple[str, bool],
+          after: Optional[Callable]) -> Tuple[str, Optional[Callable], bool]:
+    return found[0], after, found[1]
 
 
 class CheckpointDoor:
@@ -243,10 +267,13 @@ class CheckpointDoor:
             # Another package's scheme, trusted by name: its own loader.
             return from_plain(to_plain(loader(source, 'cpu')))
         with tempfile.TemporaryDirectory() as folder:
-            path, after = local_file(source, folder, self._schemes)
+            path, after, fetched = local_file(
+                source, folder, self._schemes, fresh=trust)
             try:
                 ckpt = read_checkpoint(path, trust=trust)
             except CheckpointError as e:
+                if fetched:  # no refused download stays in the cache
+                    os.remove(path)
                 if path == source:
                     raise
                 raise CheckpointError(f'{e} (read for {source})') from None
@@ -254,26 +281,32 @@ class CheckpointDoor:
 
     def read(self, source: str, resume: bool = False) -> dict:
         """Read ``source`` and check what MMEngine will read from it
-        (:func:`~mmdet_gc.checkpoint.reader.check_contents`); the runner's
-        next load of ``source`` gets this object.
+        (:func:`~mmdet_gc.checkpoint.reader.check_contents`). A source is
+        read once per door: every later load of it (the runner's) gets a
+        copy of the object checked here, never the file again.
 
         Raises:
             CheckpointError: One line naming the source and the problem.
         """
-        ckpt = self._read(source)
-        check_contents(ckpt, source, resume)
+        ckpt = self._checked.get(source)
+        if ckpt is None:
+            ckpt = self._read(source)
+        try:
+            check_contents(ckpt, source, resume)
+        except CheckpointError:
+            raise
+        except Exception as e:  # MemoryError, RuntimeError... on odd data
+            raise CheckpointError(f'checkpoint {source} cannot be checked: '
+                                  f'{_reason(e)}') from None
         self._checked[source] = ckpt
         return ckpt
 
     def load(self, filename: str, map_location: Any = None) -> dict:
         """The loader MMEngine calls for every scheme while the door is
-        installed. Tensors stay on the CPU: MMEngine copies weights into
-        the model and optimizer state onto the parameters' device."""
-        if filename in self._checked:
-            return self._checked.pop(filename)
-        ckpt = self._read(filename)
-        check_contents(ckpt, filename, resume=False)
-        return ckpt
+        installed: a copy of what :meth:`read` checked. Tensors stay on the
+        CPU: MMEngine copies weights into the model and optimizer state
+        onto the parameters' device."""
+        return copy.deepcopy(self.read(filename))
 
     @contextlib.contextmanager
     def installed(self) -> Iterator['CheckpointDoor']:

@@ -37,6 +37,12 @@ _PLAIN_SCALARS = (str, bytes, bytearray, bool, int, float, complex, type(None),
                   torch.dtype, torch.device, torch.Size)
 
 
+class DecodedCheckpoint(dict):
+    """A checkpoint already decoded by the checkpoint door: every marked
+    dict was rebuilt once, and must not be decoded again (an escaped marked
+    dict would otherwise decode a second time into something unchecked)."""
+
+
 def _np_to_plain(arr: np.ndarray) -> Dict[str, Any]:
     name = arr.dtype.name
     if name not in _NUMPY_DTYPES:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, ForeignCheckpointError
-from .plain import EXECUTED_META, from_plain, to_plain
+from .plain import EXECUTED_META, DecodedCheckpoint, from_plain, to_plain
 from .stock import StockCheckpointError, resolve, stand_ins
 
 
@@ -64,13 +64,17 @@ def check_structure(path: str) -> None:
     if head.startswith(b'PK'):
         try:
             with zipfile.ZipFile(path) as z:
-                pkl = [
-                    i for i in z.infolist() if i.filename.endswith('data.pkl')
-                ]
+                infos = z.infolist()
+            pkl = [i for i in infos if i.filename.endswith('data.pkl')]
         except Exception as e:  # BadZipFile, NotImplementedError, EOFError
             raise CheckpointError(
                 f'checkpoint {path} is a truncated or corrupt zip archive '
                 f'({_first_line(e)})') from None
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            # torch.save stores; a compressed entry could unpack into far
+            # more memory than the file takes.
+            raise CheckpointError(f'checkpoint {path} has compressed '
+                                  'entries, which torch.save never writes')
         if len(pkl) != 1:
             raise CheckpointError(f'checkpoint {path} is a zip archive but '
                                   'not a PyTorch checkpoint (no data.pkl)')
@@ -142,8 +146,9 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     conjugate bit come back resolved.
 
     Returns:
-        dict: The checkpoint as MMEngine would see it (``HistoryBuffer`` and
-        numpy values as real objects).
+        DecodedCheckpoint: The checkpoint as MMEngine would see it
+        (``HistoryBuffer`` and numpy values as real objects), marked as
+        decoded.
 
     Raises:
         CheckpointError: One line naming the file and the problem.
@@ -171,7 +176,7 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     _check_module_versions(ckpt, path)
     try:
         ckpt = to_plain(ckpt) if trust else resolve(ckpt)
-        return _resolve_bits(from_plain(ckpt))
+        return DecodedCheckpoint(_resolve_bits(from_plain(ckpt)))
     except RecursionError:
         raise CheckpointError(f'checkpoint {path} is malformed: nested too '
                               'deeply') from None

@@ -152,7 +152,12 @@ def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
             why = same_kind(a, b, f'{where}[{i}]')
             if why:
                 return why
-    if kind == 'dict' and built:  # e.g. a Counter of milestones
+    if kind == 'dict' and set(saved) == set(built):  # a record, by key
+        for k, v in saved.items():
+            why = same_kind(v, built[k], f'{where}[{k!r:.20}]')
+            if why:
+                return why
+    elif kind == 'dict' and built:  # a mapping, e.g. a Counter of milestones
         model_key, model_value = next(iter(built.items()))
         for k, v in saved.items():
             why = same_kind(k, model_key, f'{where} key') or same_kind(
@@ -221,16 +226,17 @@ def _check_state(state: dict, params: Dict[Any, torch.Tensor],
         param = params[pid]
         for key, value in entry.items():
             at = f'{where}[{pid}].{key}'
+            if key == 'step':  # the only count: a number or a 1-element one
+                count = real_number(value)
+                if count is None or not count >= 0 or non_finite(value) or (
+                        isinstance(value, torch.Tensor)
+                        and not value.is_floating_point()):
+                    raise ValueError(f'{at} is {value!r:.40}, not a finite '
+                                     'count')
+                continue
             if isinstance(value, torch.Tensor):
                 if not _dense(value):
                     raise ValueError(f'{at} is not a dense strided tensor')
-                if value.dim() == 0 or (key == 'step'
-                                        and value.numel() == 1):
-                    if non_finite(value) or value.is_complex() or (
-                            key == 'step' and float(value) < 0):
-                        raise ValueError(f'{at} is {value!r:.40}, not a '
-                                         'finite count')
-                    continue
                 if value.shape != param.shape or value.dtype != param.dtype:
                     raise ValueError(
                         f'{at} is a {value.dtype} tensor of shape '
@@ -239,10 +245,8 @@ def _check_state(state: dict, params: Dict[Any, torch.Tensor],
                 if non_finite(value):
                     raise ValueError(f'{at} holds values that are not '
                                      'finite')
-            elif value is not None and (real_number(value) is None
-                                        or non_finite(value)):
-                raise ValueError(f'{at} is {value!r:.40}, not a tensor or '
-                                 'a finite number')
+            else:  # every buffer is a tensor of its parameter's shape
+                raise ValueError(f'{at} is {value!r:.40}, not a tensor')
 
 
 def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
@@ -275,7 +279,9 @@ def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
     # As the runner will: torch's own checks, then every value the
     # optimizer reads is there and in range.
     try:
-        wrapper.load_state_dict(dict(saved))
+        # A copy: torch keeps the loaded tensors, which the dry step below
+        # writes, and the runner must get the file's own.
+        wrapper.load_state_dict(copy.deepcopy(saved))
     except Exception as e:
         text = str(e).strip().splitlines()
         raise ValueError(f'{where} does not load: '
@@ -287,6 +293,25 @@ def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
             raise ValueError(f'{where}.param_groups[{i}] lacks {missing}')
         _check_hyper_parameters(optimizer, group,
                                 f'{where}.param_groups[{i}]')
+    _dry_step(optimizer, where)
+
+
+def _dry_step(optimizer: Any, where: str) -> None:
+    """One step of the throw-away optimizer with zero gradients, with the
+    loaded state: what the first real step will do with it."""
+    params = [p for g in optimizer.param_groups for p in g['params']]
+    try:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise ValueError(f'{where}: a step with this state fails: '
+                         f'{type(e).__name__}: {text[0] if text else ""}'
+                         ) from None
+    finally:
+        for p in params:
+            p.grad = None
 
 
 def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
@@ -310,7 +335,20 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
         last = state.get('last_step')
         if last is not None and last < -1:
             raise ValueError(f'{at}.last_step is {last}')
-        scheduler.load_state_dict(dict(state))
+        scheduler.load_state_dict(copy.deepcopy(state))
+        try:  # what the next step computes from this state
+            scheduler.step()
+        except Exception as e:
+            text = str(e).strip().splitlines()
+            raise ValueError(f'{at}: a step of {type(scheduler).__name__} '
+                             f'with this state fails: {type(e).__name__}: '
+                             f'{text[0] if text else ""}') from None
+        for j, group in enumerate(scheduler.optimizer.param_groups):
+            value = group.get(scheduler.param_name)
+            if non_finite(value):
+                raise ValueError(f'{at}: a step with this state sets '
+                                 f'{scheduler.param_name} of group {j} to '
+                                 f'{value!r:.40}')
 
 
 def _check_counters(meta: dict, cfg: Config, where: str) -> None:
@@ -359,6 +397,11 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
     except ValueError as e:
         raise CheckpointError(f'checkpoint {path} cannot be resumed by this '
                               f'config: {e}') from None
+    except Exception as e:  # anything else the checks ran into
+        text = str(e).strip().splitlines()
+        raise CheckpointError(
+            f'checkpoint {path} cannot be resumed by this config: '
+            f'{type(e).__name__}: {text[0] if text else ""}') from None
 
 
 __all__ = [

@@ -23,7 +23,14 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
+import torch
+
 from .plain import _NUMPY_DTYPES, MAX_DEPTH, make_history_buffer
+
+# Far above what a detector's checkpoint holds (a few thousand tensors and
+# entries); a small file of shared lists could otherwise expand into
+# billions of values ("billion laughs") when it is walked.
+MAX_VALUES = 1_000_000
 
 # numpy's one-letter codes and sizes (what dtype.__reduce__ writes, e.g.
 # 'f8', 'b1') for the plain numeric dtypes, and nothing else.
@@ -191,26 +198,59 @@ def stand_ins() -> List[Tuple[Any, str]]:
     return pairs
 
 
-def resolve(obj: Any, where: str = 'checkpoint', depth: int = 0) -> Any:
-    """``obj`` with every stand-in replaced by the real object.
+def tensor_over_its_memory(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a plain strided CPU tensor whose elements each have
+    memory of their own in its storage. torch.load keeps the strides a
+    file gives, so a few bytes can stand for terabytes (a zero stride) that
+    the first copy would allocate; a storage holds no more than the file
+    did (compressed archives are refused)."""
+    if t.layout != torch.strided or t.is_quantized or t.is_nested or \
+            t.device.type != 'cpu':
+        return False
+    if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
+        return False
+    return t.untyped_storage().nbytes() >= \
+        (t.storage_offset() + t.numel()) * t.element_size()
+
+
+def resolve(obj: Any, where: str = 'checkpoint') -> Any:
+    """``obj`` with every stand-in replaced by the real object: the first
+    walk over a loaded file, which also refuses what no later walk may see.
 
     Raises:
         StockCheckpointError: A stand-in that was never given its state
-            (an array without data...), or nesting deeper than
+            (an array without data...), a tensor that claims more memory
+            than its storage holds (:func:`tensor_over_its_memory`), more
+            than :data:`MAX_VALUES` values, or nesting deeper than
             :data:`~mmdet_gc.checkpoint.plain.MAX_DEPTH`; the message names
             the key path.
     """
+    budget = [MAX_VALUES]
+    return _resolve(obj, where, 0, budget)
+
+
+def _resolve(obj: Any, where: str, depth: int, budget: List[int]) -> Any:
     if depth > MAX_DEPTH:
         raise _refuse(f'{where}: nested deeper than {MAX_DEPTH} levels')
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _refuse(f'more than {MAX_VALUES} values (shared containers '
+                      'that expand when walked)')
+    if isinstance(obj, torch.Tensor):
+        if not tensor_over_its_memory(obj):
+            raise _refuse(f'{where}: a tensor that is not a plain one over '
+                          'memory of its own')
+        return obj
     if isinstance(obj, _StandIn) or isinstance(obj, _Method):
         return _resolve_stand_in(obj, where)
     if isinstance(obj, dict):  # dict, OrderedDict, Counter
         out = type(obj)()
         for k, v in obj.items():
-            out[k] = resolve(v, f'{where}.{k}', depth + 1)
+            out[_resolve(k, f'{where} key', depth + 1, budget)] = _resolve(
+                v, f'{where}.{k}', depth + 1, budget)
         return out
     if type(obj) in (list, tuple, set):
-        return type(obj)(resolve(v, f'{where}[{i}]', depth + 1)
+        return type(obj)(_resolve(v, f'{where}[{i}]', depth + 1, budget)
                          for i, v in enumerate(obj))
     return obj
 

@@ -10,13 +10,21 @@ is the same), so a wheel runs every README command without a checkout::
     mmdet-gc report WORK_DIR [WORK_DIR ...]
     mmdet-gc study CONFIG --gc SGD_GC --seeds 0 1 2
     mmdet-gc convert IN OUT --trust
+    mmdet-gc demo [--work-dir work_dirs/demo]
 
 Each command takes exactly the flags of its ``tools/*.py`` script, which
 are thin wrappers around the same modules.
 """
 import importlib
 import sys
+import warnings
 from typing import Optional, Sequence
+
+# MMEngine 0.10 imports setuptools' pkg_resources when it looks packages
+# up, which warns on every run of every command; it is MMEngine's, and
+# nothing a user of these commands can act on.
+warnings.filterwarnings(
+    'ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 #: command -> (module of this package, what it does)
 COMMANDS = {
@@ -25,6 +33,7 @@ COMMANDS = {
     'report': ('report', 'paper-style table and curves of work dirs'),
     'study': ('study', 'a paired GC study: arms x seeds, then its report'),
     'convert': ('convert', 'rewrite a trusted checkpoint as plain data'),
+    'demo': ('demo', 'synthetic COCO, train Mask R-CNN with SGD_GC, AP'),
 }
 
 PROG = 'mmdet-gc'

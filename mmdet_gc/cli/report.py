@@ -21,7 +21,11 @@ def main(argv: Optional[Sequence[str]] = None,
     ``prog``: its name in usage and error lines)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split('\n')[0])
-    parser.add_argument('work_dirs', nargs='+')
+    parser.add_argument(
+        'work_dirs',
+        nargs='+',
+        help='work dirs of tools/train.py (or test.py) runs to compare, '
+        'the baseline first')
     parser.add_argument('--names', nargs='+', help='a label per work dir')
     parser.add_argument('--plot', help='write the curves to this PNG')
     args = parser.parse_args(argv)

@@ -202,22 +202,57 @@ def check_checkpoint(door: Any,
         raise InputError(f'{what} {e}') from None
 
 
-def pretrained_sources(model: Any) -> List[str]:
-    """The ``checkpoint`` of every ``init_cfg`` of type ``Pretrained`` in a
-    model config, at any depth (what the runner loads when it initialises
-    the model's weights)."""
+def _is_pretrained(kind: Any) -> bool:
+    from mmengine.model.weight_init import PretrainedInit
+    from mmengine.registry import WEIGHT_INITIALIZERS
+    if isinstance(kind, str):
+        try:
+            kind = WEIGHT_INITIALIZERS.get(kind)
+        except Exception:  # an unknown scope or name: not ours to judge
+            return False
+    return isinstance(kind, type) and issubclass(kind, PretrainedInit)
+
+
+def pretrained_sources(model_cfg: Any, model: Any = None) -> List[str]:
+    """The ``checkpoint`` of every ``init_cfg`` of type ``Pretrained``, any
+    spelling (``'Pretrained'``, ``'mmengine.Pretrained'``, the class): in
+    the model config at any depth and, given the built ``model``, in its
+    modules (e.g. a backbone's ``pretrained=`` turned into an
+    ``init_cfg``): what the runner loads when it initialises the model."""
     out: List[str] = []
-    if isinstance(model, dict):
-        kind = model.get('type')
-        kind = getattr(kind, '__name__', kind)
-        if kind == 'Pretrained' and isinstance(model.get('checkpoint'), str):
-            out.append(model['checkpoint'])
-        for value in model.values():
-            out += pretrained_sources(value)
-    elif isinstance(model, (list, tuple)):
-        for value in model:
-            out += pretrained_sources(value)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if _is_pretrained(node.get('type')) and isinstance(
+                    node.get('checkpoint'), str):
+                out.append(node['checkpoint'])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(model_cfg)
+    for module in model.modules() if model is not None else ():
+        walk(getattr(module, 'init_cfg', None))
     return list(dict.fromkeys(out))
+
+
+def latest_checkpoint(work_dir: str) -> Optional[str]:
+    """What MMEngine's auto-resume takes: the path the work dir's
+    ``last_checkpoint`` names, or None.
+
+    Raises:
+        InputError: ``last_checkpoint`` cannot be read as a path.
+    """
+    from mmengine.runner import find_latest_checkpoint
+    if not osp.isdir(work_dir):
+        return None
+    try:
+        return find_latest_checkpoint(work_dir)
+    except (OSError, UnicodeError, ValueError) as e:
+        raise InputError(f'cannot read {osp.join(work_dir, "last_checkpoint")}'
+                         f': {type(e).__name__}') from None
 
 
 def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
@@ -235,15 +270,21 @@ def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
         raise InputError(f'the config cannot build its {e}') from None
 
 
-def add_plain_checkpoint_hook(cfg: Config) -> None:
+def add_plain_checkpoint_hook(cfg: Config) -> bool:
     """Add ``PlainCheckpointHook`` to ``cfg.custom_hooks`` unless it is
     there, so that every run's checkpoints are plain data (and ``--gc`` on
-    an mmdet config is covered)."""
+    an mmdet config is covered).
+
+    Returns:
+        bool: Whether it was added (the tools then say so in one line).
+    """
     hooks = list(cfg.get('custom_hooks') or [])
     names = [getattr(h.get('type'), '__name__', h.get('type')) for h in hooks]
-    if 'PlainCheckpointHook' not in names:
+    added = 'PlainCheckpointHook' not in names
+    if added:
         hooks.append(ConfigDict(type='PlainCheckpointHook'))
     cfg.custom_hooks = hooks
+    return added
 
 
 def use_cpu_distributed(cfg: Config) -> None:
@@ -299,7 +340,13 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         'any code: only for a checkpoint you made or trust, e.g. one written '
         'by stock MMEngine')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        '--local_rank',
+        '--local-rank',
+        type=int,
+        default=0,
+        help='set by torch.distributed.launch (torchrun sets LOCAL_RANK '
+        'instead)')
 
 
 def read_config(path: str) -> Config:
@@ -351,13 +398,19 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            text = str(e).strip().splitlines()
+            raise InputError(
+                f'--cfg-options cannot be merged into {args.config}: '
+                f'{type(e).__name__}: {text[0] if text else ""}') from None
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
-    add_plain_checkpoint_hook(cfg)
+    args.added_plain_hook = add_plain_checkpoint_hook(cfg)
     return cfg
 
 
@@ -375,14 +428,23 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
     """
     import torch
 
-    from ..checkpoint import CheckpointDoor
+    from ..checkpoint import CheckpointDoor, CheckpointError
     door = CheckpointDoor()
     try:
-        cfg = build_cfg(args, door)
+        # The door is MMEngine's loader while the checks build the model
+        # too: a model that loads weights when it is built goes through it.
+        with door.installed():
+            cfg = build_cfg(args, door)
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
-    except InputError as e:
+    except (InputError, CheckpointError) as e:
         sys.exit(f'{tool}: error: {e}')
+    if getattr(args, 'added_plain_hook', False):
+        print(
+            f'{tool}: added PlainCheckpointHook to custom_hooks: checkpoints '
+            'are saved as plain data that torch.load(weights_only=True) '
+            'reads',
+            file=sys.stderr)
     return cfg, door
 
 

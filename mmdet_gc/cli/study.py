@@ -42,7 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
                prog: Optional[str] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.split('\n')[0])
-    parser.add_argument('config')
+    parser.add_argument(
+        'config', help='the training config every arm starts from')
     parser.add_argument(
         '--gc',
         nargs='+',
@@ -55,26 +56,48 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         type=float,
         default=[],
         help='also run every arm at these learning rates')
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument(
+        '--seeds',
+        nargs='+',
+        type=int,
+        default=[0, 1, 2],
+        help='randomness.seed of each run; every arm runs every seed, so '
+        'that runs pair up by seed (default: 0 1 2)')
     parser.add_argument(
         '--shifts',
         nargs='+',
         type=float,
         default=[0.],
         help='brightness offsets to evaluate under (0: the plain test)')
-    parser.add_argument('--work-dir', default='work_dirs/gc_study')
+    parser.add_argument(
+        '--work-dir',
+        default='work_dirs/gc_study',
+        help='the study\'s folder: WORK/<arm>/seed<N>/ per run, and the '
+        'report (report.md, .json, .png); finished runs in it are skipped, '
+        'interrupted ones resumed (default: work_dirs/gc_study)')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none')
+        default='none',
+        help='job launcher, passed to every train and test run')
     parser.add_argument(
         '--threshold',
         type=float,
         default=0.,
         help='a run whose box AP is at or below this counts as diverged')
-    parser.add_argument('--print-commands', action='store_true')
-    parser.add_argument('--only', metavar='ARM:SEED')
-    parser.add_argument('--report-only', action='store_true')
+    parser.add_argument(
+        '--print-commands',
+        action='store_true',
+        help='print one command line per run (each this tool with --only '
+        'ARM:SEED), e.g. for a cluster job array, and run nothing')
+    parser.add_argument(
+        '--only',
+        metavar='ARM:SEED',
+        help='train and test this one run of the study (e.g. SGD_GC:3)')
+    parser.add_argument(
+        '--report-only',
+        action='store_true',
+        help='train nothing: write the report from the runs in --work-dir')
     parser.add_argument(
         '--cfg-options',
         nargs='+',

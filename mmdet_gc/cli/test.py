@@ -41,7 +41,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         'to the work_dir/timestamp/show_dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--tta', action='store_true')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation: the config\'s tta_model and '
+        'tta_pipeline')
     parser.add_argument(
         '--intensity-shift',
         type=float,

@@ -8,12 +8,10 @@ clipping and ``paramwise_cfg``) for paired baseline / GC runs.
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
-import os.path as osp
 from typing import Optional, Sequence
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
-from mmengine.runner import find_latest_checkpoint
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
@@ -21,8 +19,9 @@ from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
 from mmdet_gc.cli.runner import (InputError, add_runner_args, apply_gc,
                                  build_run_or_fail, check_checkpoint,
                                  check_dataset_paths, check_optimizer,
-                                 load_config, prepare_or_exit,
-                                 pretrained_sources, run_through_door)
+                                 latest_checkpoint, load_config,
+                                 prepare_or_exit, pretrained_sources,
+                                 run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -91,30 +90,32 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     run = build_run_or_fail(cfg)
 
     trust = args.trust_checkpoint
-    resume_from = None
-    if args.resume == 'auto':
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-        # The runner resumes from the work dir's last checkpoint, if any:
-        # exactly the one checked here.
-        resume_from = find_latest_checkpoint(cfg.work_dir) \
-            if osp.isdir(cfg.work_dir) else None
+        cfg.load_from = None if args.resume == 'auto' else args.resume
+    if cfg.get('resume'):  # --resume, or resume=True in the config
+        resume_from = cfg.get('load_from')
+        if resume_from is None:
+            if trust:
+                raise InputError(
+                    '--trust-checkpoint needs the checkpoint named (--resume '
+                    "PATH): it does not apply to what a work dir's "
+                    'last_checkpoint names')
+            resume_from = latest_checkpoint(cfg.work_dir)
+        # The runner resumes exactly the checkpoint checked here.
         cfg.load_from = resume_from
-    elif args.resume is not None:
-        resume_from = args.resume
-        cfg.resume = True
-        cfg.load_from = args.resume
+        if resume_from is not None:
+            ckpt = check_checkpoint(
+                door, resume_from, '--resume', resume=True, trust=trust)
+            try:
+                check_resume_against_run(ckpt, resume_from, cfg, run)
+            except CheckpointError as e:
+                raise InputError(f'--resume {e}') from None
     else:
         check_checkpoint(door, cfg.get('load_from'), 'load_from', trust=trust)
-    if resume_from is not None:
-        ckpt = check_checkpoint(
-            door, resume_from, '--resume', resume=True, trust=trust)
-        try:
-            check_resume_against_run(ckpt, resume_from, cfg, run)
-        except CheckpointError as e:
-            raise InputError(f'--resume {e}') from None
-    # The weights the model starts from (e.g. torchvision://resnet50).
-    for source in pretrained_sources(cfg.model):
+    # The weights the model starts from (e.g. torchvision://resnet50),
+    # wherever the model's modules name them.
+    for source in pretrained_sources(cfg.model, run.model):
         check_checkpoint(door, source, 'init_cfg')
 
     loaders = ['train_dataloader']

@@ -167,7 +167,9 @@ class _AdamGCBase(GCOptimizer):
                 state['max_exp_avg_sq'] = torch.zeros_like(
                     p, memory_format=torch.preserve_format)
             states.append(state)
-        beta1, beta2 = (scalar(b) for b in group['betas'])
+        # As given (a tensor lr or betas too): torch's kernels, which take
+        # the tensors with GC off, round with them as torch.optim does.
+        beta1, beta2 = group['betas']
         adam_gc(
             params,
             grads, [s['exp_avg']
@@ -182,7 +184,7 @@ class _AdamGCBase(GCOptimizer):
             amsgrad=amsgrad,
             beta1=beta1,
             beta2=beta2,
-            lr=scalar(group['lr']),
+            lr=group['lr'],
             weight_decay=group['weight_decay'],
             eps=group['eps'],
             maximize=group['maximize'])
@@ -265,9 +267,9 @@ def adam_gc(params: List[Tensor],
             gc_on_update: bool,
             decoupled: bool,
             amsgrad: bool,
-            beta1: float,
-            beta2: float,
-            lr: float,
+            beta1: Union[float, Tensor],
+            beta2: Union[float, Tensor],
+            lr: Union[float, Tensor],
             weight_decay: float,
             eps: float,
             maximize: bool,
@@ -303,6 +305,8 @@ def adam_gc(params: List[Tensor],
             kernels run). ``None`` means False: the fused kernel is opt-in.
             Defaults to None.
     """
+    # torch's kernels take the hyper-parameters as given (a tensor lr or
+    # betas included, for equality with torch.optim); ours take numbers.
     hyper = dict(
         amsgrad=amsgrad,
         beta1=beta1,
@@ -311,6 +315,7 @@ def adam_gc(params: List[Tensor],
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize)
+    numbers = {k: scalar(v) for k, v in hyper.items()}
     if _fused.use_fused(fused, foreach):
         fused_adam_gc(
             params,
@@ -341,10 +346,13 @@ def adam_gc(params: List[Tensor],
         return
     if foreach:
         _multi_tensor_adam_gc(
-            *gc_lists, gc_on_update=gc_on_update, decoupled=decoupled, **hyper)
+            *gc_lists,
+            gc_on_update=gc_on_update,
+            decoupled=decoupled,
+            **numbers)
         return
     if gc_on_update:
-        _single_tensor_adam_gc2(*gc_lists, decoupled=decoupled, **hyper)
+        _single_tensor_adam_gc2(*gc_lists, decoupled=decoupled, **numbers)
         return
     # GC on the gradient: fold what precedes GC, then torch's Adam(W).
     folded = 0. if decoupled else weight_decay
@@ -499,7 +507,7 @@ def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
                   max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
                   centralized: List[bool], *, gc_on_update: bool,
                   decoupled: bool, amsgrad: bool, beta1: float, beta2: float,
-                  lr: float, weight_decay: float, eps: float,
+                  lr: Union[float, Tensor], weight_decay: float, eps: float,
                   maximize: bool) -> None:
     """Adam / AdamW with GC through the compiled CPU kernel
     (``fused=True``).
@@ -565,6 +573,9 @@ def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
             **hyper)
         return
 
+    # The compiled kernel takes numbers; torch's kernels below, the values
+    # as given.
+    lr, beta1, beta2 = (scalar(v) for v in (lr, beta1, beta2))
     half_ok = _fused._half_safe(lr, weight_decay, lr * weight_decay, eps,
                                 beta1, beta2, 1 - beta1, 1 - beta2,
                                 lr / (1 - beta1))

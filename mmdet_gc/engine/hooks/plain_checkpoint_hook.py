@@ -17,7 +17,8 @@ from typing import Any, Optional
 from mmengine.hooks import Hook
 
 from ...checkpoint.errors import CheckpointError
-from ...checkpoint.plain import EXECUTED_META, from_plain, to_plain
+from ...checkpoint.plain import (EXECUTED_META, DecodedCheckpoint, from_plain,
+                                 to_plain)
 
 
 class PlainCheckpointHook(Hook):
@@ -40,13 +41,17 @@ class PlainCheckpointHook(Hook):
         optimizer = _optimizer_type(runner)
         if optimizer is not None:  # for the resume check below
             checkpoint.setdefault('meta', {})['optimizer_type'] = optimizer
+        _drop_scheduler_functions(checkpoint.get('param_schedulers'))
         plain = to_plain(checkpoint)
         checkpoint.clear()
         checkpoint.update(plain)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         try:
-            restored = from_plain(checkpoint)
+            # What the checkpoint door read is decoded already, and decoding
+            # twice would turn an escaped marked dict into unchecked data.
+            restored = checkpoint if isinstance(
+                checkpoint, DecodedCheckpoint) else from_plain(checkpoint)
         except ValueError as e:
             raise CheckpointError(f'checkpoint is malformed: {e}') from None
         meta = restored.get('meta')
@@ -59,8 +64,21 @@ class PlainCheckpointHook(Hook):
         if getattr(runner, '_resume', False):
             _warn_on_other_optimizer(runner, restored)
             _confine_checkpoint_paths(runner, restored)
-        checkpoint.clear()
-        checkpoint.update(restored)
+        if restored is not checkpoint:
+            checkpoint.clear()
+            checkpoint.update(restored)
+
+
+def _drop_scheduler_functions(schedulers: Any) -> None:
+    """Leave functions out of the scheduler states (OneCycleLR keeps its
+    ``anneal_func``): they come from the scheduler's code, which sets them
+    again when the run resumes, and a file holds data only."""
+    lists = schedulers.values() if isinstance(schedulers, dict) else \
+        [schedulers or []]
+    for states in lists:
+        for state in states:
+            for key in [k for k, v in state.items() if callable(v)]:
+                del state[key]
 
 
 def _confine_checkpoint_paths(runner: Any, checkpoint: dict) -> None:
