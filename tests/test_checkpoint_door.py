@@ -334,6 +334,15 @@ def mutate(ckpt, case):
         state['momentum_buffer'] = 0.5
     elif case == 'scheduler factors dividing by zero':
         sched['start_factor'] = sched['end_factor'] = 0.0
+    elif case == 'an int gamma with a huge milestone count':
+        c['param_schedulers'][1]['gamma'] = 10
+        c['param_schedulers'][1]['milestones'] = {2: 10**9}
+    elif case == 'lr and weight decay of 1e30':
+        group['lr'] = group['weight_decay'] = 1e30
+    elif case == 'a key with a newline':
+        group['evil\nFAKE: checkpoint OK'] = [1]
+    elif case == 'epoch beyond iter':
+        c['meta']['epoch'] = c['meta']['iter'] + 1
     return c
 
 
@@ -346,7 +355,9 @@ RESUME_CASES = [
     'momentum a string', 'momentum negative', 'an extra group',
     'state of no parameter', 'one scheduler too many',
     'scheduler base_values of another length', 'momentum_buffer 0-dim',
-    'momentum_buffer a float', 'scheduler factors dividing by zero'
+    'momentum_buffer a float', 'scheduler factors dividing by zero',
+    'an int gamma with a huge milestone count', 'lr and weight decay of 1e30',
+    'a key with a newline', 'epoch beyond iter'
 ]
 
 # Each crafted file through tools/train.py --resume, in one process: one
@@ -719,3 +730,79 @@ def test_a_paper_config_without_its_weights_is_one_line(tmp_path):
     _one_line_error(proc, 'init_cfg', 'resnet50-0676ba61.pth',
                     'cannot be downloaded', 'init_cfg=None')
     assert not work.exists()
+
+
+# --------------------------------------------------------------------------
+# Found by the second attack review.
+# --------------------------------------------------------------------------
+
+
+def test_a_trusted_url_is_never_a_local_file_of_that_spelling(
+        server, ckpts, tmp_path, monkeypatch):
+    canary = tmp_path / 'canary.txt'
+    folder, url = server
+    (folder / 'official.pth').write_bytes(open(ckpts['ours'], 'rb').read())
+    source = f'{url}/official.pth'
+    shadow = tmp_path / source.replace('//', '/')  # what the OS would open
+    shadow.parent.mkdir(parents=True)
+    craft(shadow, attack('exec', canary))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'home'))
+    ckpt = CheckpointDoor(trusted=(source, )).read(source)
+    assert not canary.exists() and 'state_dict' in ckpt
+
+
+def test_downloads_are_capped_and_leave_nothing_behind(server, tmp_path,
+                                                       monkeypatch):
+    folder, url = server
+    (folder / 'big.pth').write_bytes(os.urandom(3 * 2**20))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'home'))
+    monkeypatch.setenv('MMDET_GC_MAX_DOWNLOAD_MB', '1')
+    with pytest.raises(CheckpointError, match='larger than 1 MB'):
+        CheckpointDoor().read(f'{url}/big.pth')
+    cache = osp.dirname(hub_cache_file(f'{url}/big.pth'))
+    assert os.listdir(cache) == []
+
+
+def test_a_download_refused_by_the_checks_leaves_the_cache(
+        server, tmp_path, monkeypatch):
+    folder, url = server
+    torch.save({'meta': {'x': 1}}, str(folder / 'noweights.pth'))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'home'))
+    with pytest.raises(CheckpointError, match='no model weights'):
+        CheckpointDoor().read(f'{url}/noweights.pth')
+    assert not osp.exists(hub_cache_file(f'{url}/noweights.pth'))
+
+
+def test_long_keys_cost_no_more_than_their_size(tmp_path):
+    import time
+    key = 'k' * 2**20
+    x = {'leaf': torch.zeros(1)}
+    for _ in range(60):
+        x = {key: x}
+    path = str(tmp_path / 'keys.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': x}}, path)
+    start = time.monotonic()
+    CheckpointDoor().read(path)
+    assert time.monotonic() - start < 20
+
+
+def test_pretrained_prefix_and_empty_pointer_are_one_line(
+        ckpts, tmp_path, data_root):
+    path = _backbone_file(ckpts['ours2'], str(tmp_path / 'bb.pth'))
+    cfg = tiny_config(
+        tmp_path, data_root, extra=f"""
+        model = dict(backbone=dict(init_cfg=dict(
+            _delete_=True, type='Pretrained', checkpoint={path!r},
+            prefix='nope.')))
+        """)
+    work = tmp_path / 'work'
+    proc = run_tool('tools/train.py', cfg, '--work-dir', str(work), ok=False)
+    _one_line_error(proc, path, "prefix 'nope.'")
+    assert not work.exists()
+    work.mkdir()
+    (work / 'last_checkpoint').write_text('')
+    proc = run_tool('tools/train.py', ckpts['cfg'], '--resume', '--work-dir',
+                    str(work), ok=False)
+    _one_line_error(proc, 'last_checkpoint', 'names no checkpoint')
+    assert os.listdir(work) == ['last_checkpoint']

@@ -47,27 +47,6 @@ else
     "${PIP[@]}" install "torch==$TORCH_VERSION"
 fi
 
-# torchvision of this torch (torch 2.N pairs with torchvision 0.(N+15)), as
-# MMDetection's install guide installs both. Where no build that imports
-# beside this torch can be had (a CPU-only torch where the registries
-# serve CUDA torchvision builds only), say so and carry on: torchvision://
-# weights resolve without it (mmdet_gc.checkpoint.door).
-if ! "$PY" -c 'import torchvision' >/dev/null 2>&1; then
-    TORCH_V=$("$PY" -c 'import torch; print(torch.__version__)')
-    TV=$("$PY" -c 'import torch; v = torch.__version__.split(".")
-print(f"0.{int(v[1]) + 15}.*" if v[0] == "2" else "")')
-    if [ -n "$TV" ] && "${PIP[@]}" install -q --no-deps "torchvision==$TV" \
-            >/dev/null 2>&1 && "$PY" -c 'import torchvision' >/dev/null 2>&1
-    then
-        say "torchvision $("$PY" -c 'import torchvision as t; print(t.__version__)') installed for torch $TORCH_V"
-    else
-        "${PIP[@]}" uninstall -q -y torchvision >/dev/null 2>&1 || true
-        say "no torchvision build that imports beside torch $TORCH_V can" \
-            "be installed here; carrying on without it (torchvision://" \
-            "weights resolve through MMEngine's URL table)"
-    fi
-fi
-
 if "$PY" -c 'import mmcv.ops' >/dev/null 2>&1; then
     say "mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') with compiled ops found; keeping it"
 else
@@ -94,6 +73,28 @@ say "installing mmengine, mmdet, pycocotools and mmdet_gc[tests]"
 "${PIP[@]}" install -q 'mmengine>=0.10.0,<0.11' 'mmdet==3.3.0' pycocotools \
     'setuptools>=77.0.3,<81'
 "${PIP[@]}" install -q -e "$ROOT[tests]"
+
+# torchvision of this torch (torch 2.N pairs with torchvision 0.(N+15)), as
+# MMDetection's install guide installs both; after the packages above, so
+# that numpy is there when torch is imported to check it. Where no build that imports
+# beside this torch can be had (a CPU-only torch where the registries
+# serve CUDA torchvision builds only), say so and carry on: torchvision://
+# weights resolve without it (mmdet_gc.checkpoint.door).
+if ! "$PY" -c 'import torchvision' >/dev/null 2>&1; then
+    TORCH_V=$("$PY" -c 'import torch; print(torch.__version__)')
+    TV=$("$PY" -c 'import torch; v = torch.__version__.split(".")
+print(f"0.{int(v[1]) + 15}.*" if v[0] == "2" else "")')
+    if [ -n "$TV" ] && "${PIP[@]}" install -q --no-deps "torchvision==$TV" \
+            >/dev/null 2>&1 && "$PY" -c 'import torchvision' >/dev/null 2>&1
+    then
+        say "torchvision $("$PY" -c 'import torchvision as t; print(t.__version__)') installed for torch $TORCH_V"
+    else
+        "${PIP[@]}" uninstall -q -y torchvision >/dev/null 2>&1 || true
+        say "no torchvision build that imports beside torch $TORCH_V can" \
+            "be installed here; carrying on without it (torchvision://" \
+            "weights resolve through MMEngine's URL table)"
+    fi
+fi
 
 cp "$ROOT/pyproject.toml" "$STAMP"
 say "ready: $VENV"

@@ -88,18 +88,57 @@ def download(url: str, fresh: Optional[str] = None) -> Tuple[str, bool]:
     for turn in (0, 1) if fresh is None and world_size > 1 else (0, ):
         if (rank == 0) == (turn == 0) and not osp.exists(dst):
             os.makedirs(osp.dirname(dst), exist_ok=True)
-            try:  # writes a temporary file, then moves it into place
-                torch.hub.download_url_to_file(url, dst, progress=False)
+            try:
+                fetch(url, dst)
+            except CheckpointError:
+                raise
             except Exception as e:
                 raise CheckpointError(
                     f'checkpoint {url} cannot be downloaded ({_reason(e)}); '
                     f'place the file at {hub_cache_file(url)}, or do without '
-                    'it (e.g. init_cfg=None for a pretrained backbone)'
+                    'it (for a pretrained backbone: --cfg-options '
+                    'model.backbone.init_cfg=None)'
                 ) from None
             fetched = fresh is None
         if world_size > 1 and turn == 0:
             barrier()
     return dst, fetched
+
+
+#: Seconds a download may wait for data, and the largest it may be (MB);
+#: ``MMDET_GC_MAX_DOWNLOAD_MB`` changes the latter.
+DOWNLOAD_TIMEOUT = 60
+MAX_DOWNLOAD_MB = 4096
+
+
+def fetch(url: str, dst: str) -> None:
+    """Download ``url`` to ``dst`` (a temporary file, moved into place when
+    whole): with a timeout on every read and a cap on the size, so that a
+    server that stalls or never ends cannot hang the tool or fill the
+    disk; nothing of a failed download stays behind."""
+    from urllib.request import urlopen
+    limit = int(os.environ.get('MMDET_GC_MAX_DOWNLOAD_MB',
+                               MAX_DOWNLOAD_MB)) * 2**20
+    fd, tmp = tempfile.mkstemp(
+        dir=osp.dirname(dst), prefix=osp.basename(dst) + '.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as out, urlopen(
+                url, timeout=DOWNLOAD_TIMEOUT) as response:
+            size = 0
+            while True:
+                chunk = response.read(2**20)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise CheckpointError(
+                        f'checkpoint {url} is larger than {limit >> 20} MB '
+                        '(MMDET_GC_MAX_DOWNLOAD_MB raises the limit)')
+                out.write(chunk)
+        os.replace(tmp, dst)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
 
 def _reason(e: BaseException) -> str:
@@ -191,9 +230,11 @@ def local_file(
             package registered), a model-zoo name that is not in its table,
             or a failed download.
     """
-    if osp.exists(osp.expanduser(source)):
-        return osp.expanduser(source), None, False
     scheme = scheme_of(source, schemes)
+    # A path that exists is that file; but a source trusted by its URL is
+    # that URL's file, never a local one that happens to spell the same.
+    if osp.exists(osp.expanduser(source)) and not (fresh and scheme):
+        return osp.expanduser(source), None, False
     into = folder if fresh else None
     if scheme == '':
         return osp.expanduser(source), None, False
@@ -250,6 +291,7 @@ class CheckpointDoor:
     def __init__(self, trusted: Tuple[str, ...] = ()) -> None:
         self.trusted = set(trusted)
         self._checked: Dict[str, dict] = {}
+        self._fetched: Dict[str, str] = {}  # downloads made by this door
         # MMEngine's own loaders, as registered before the door is
         # installed: for dispatch, and for a trusted foreign scheme.
         self._schemes = dict(_schemes())
@@ -277,6 +319,8 @@ class CheckpointDoor:
                 if path == source:
                     raise
                 raise CheckpointError(f'{e} (read for {source})') from None
+        if fetched:
+            self._fetched[source] = path
         return after(ckpt) if after else ckpt
 
     def read(self, source: str, resume: bool = False) -> dict:
@@ -293,9 +337,12 @@ class CheckpointDoor:
             ckpt = self._read(source)
         try:
             check_contents(ckpt, source, resume)
-        except CheckpointError:
-            raise
         except Exception as e:  # MemoryError, RuntimeError... on odd data
+            fetched = self._fetched.pop(source, None)
+            if fetched is not None and osp.exists(fetched):
+                os.remove(fetched)  # refused: not kept in the cache
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f'checkpoint {source} cannot be checked: '
                                   f'{_reason(e)}') from None
         self._checked[source] = ckpt

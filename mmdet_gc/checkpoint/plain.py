@@ -37,6 +37,16 @@ _PLAIN_SCALARS = (str, bytes, bytearray, bool, int, float, complex, type(None),
                   torch.dtype, torch.device, torch.Size)
 
 
+def key_label(key: Any) -> str:
+    """A key from a file as it goes into a key path: short and printable
+    (a file's keys can be megabytes long or hold newlines and terminal
+    escapes, and paths are built at every level of a walk)."""
+    text = key if isinstance(key, str) else repr(key)
+    if len(text) <= 40 and text.isprintable():
+        return text
+    return repr(text[:40]) + ('...' if len(text) > 40 else '')
+
+
 class DecodedCheckpoint(dict):
     """A checkpoint already decoded by the checkpoint door: every marked
     dict was rebuilt once, and must not be decoded again (an escaped marked
@@ -108,7 +118,8 @@ def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
         return {**_np_to_plain(np.asarray(obj)), TAG: 'numpy_scalar'}
     if isinstance(obj, dict):  # ConfigDict, defaultdict... become dicts
         out = (OrderedDict if isinstance(obj, OrderedDict) else dict)(
-            (k, to_plain(v, f'{where}.{k}')) for k, v in obj.items())
+            (k, to_plain(v, f'{where}.{key_label(k)}'))
+            for k, v in obj.items())
         return {TAG: 'dict', 'items': out} if TAG in out else out
     if isinstance(obj, (list, tuple, set)) and not hasattr(obj, '_fields'):
         base = next(t for t in (list, tuple, set) if isinstance(obj, t))
@@ -161,7 +172,7 @@ def _from_plain_items(obj: dict, where: str, depth: int) -> dict:
     # pickle's BUILD may have set on it are not carried over.
     out = type(obj)()
     for k, v in obj.items():
-        out[k] = from_plain(v, f'{where}.{k}', depth + 1)
+        out[k] = from_plain(v, f'{where}.{key_label(k)}', depth + 1)
     return out
 
 

@@ -26,6 +26,7 @@ import torch
 from mmengine.config import Config
 
 from .errors import CheckpointError
+from .plain import key_label
 from .reader import non_finite, real_number
 
 
@@ -140,6 +141,14 @@ def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
         return f'{where} would replace a {type(built).__name__}'
     elif kind != want:
         return f'{where} is a {kind}, not a {want}'
+    if want == 'number' and isinstance(built, float) and isinstance(
+            saved, int):
+        # Python raises ints to exact powers (gamma ** milestone count):
+        # an int where the run holds a float could take forever.
+        return f'{where} is an int where the run holds a float'
+    if kind == 'number' and isinstance(saved, int) and abs(saved) > 10**12:
+        return f'{where} is {float(saved):.3g}, beyond any count a run ' \
+            'reaches'
     if kind == 'tensor' and (saved.shape != built.shape
                              or saved.dtype != built.dtype):
         return (f'{where} is a {saved.dtype} tensor of shape '
@@ -154,14 +163,14 @@ def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
                 return why
     if kind == 'dict' and set(saved) == set(built):  # a record, by key
         for k, v in saved.items():
-            why = same_kind(v, built[k], f'{where}[{k!r:.20}]')
+            why = same_kind(v, built[k], f'{where}[{key_label(k)}]')
             if why:
                 return why
     elif kind == 'dict' and built:  # a mapping, e.g. a Counter of milestones
         model_key, model_value = next(iter(built.items()))
         for k, v in saved.items():
             why = same_kind(k, model_key, f'{where} key') or same_kind(
-                v, model_value, f'{where}[{k!r:.20}]')
+                v, model_value, f'{where}[{key_label(k)}]')
             if why:
                 return why
     if non_finite(saved):
@@ -188,11 +197,12 @@ def _check_group_values(saved: dict, built: dict, where: str) -> None:
         if key == 'params':
             continue
         if key in built:
-            why = same_kind(value, built[key], f'{where}.{key}')
+            why = same_kind(value, built[key], f'{where}.{key_label(key)}')
         elif _kind(value) in ('bool', 'number', 'str', 'None'):
-            why = same_kind(value, value, f'{where}.{key}')
+            why = same_kind(value, value, f'{where}.{key_label(key)}')
         else:
-            why = f'{where}.{key} is not a value this optimizer keeps'
+            why = (f'{where}.{key_label(key)} is not a value this optimizer '
+                   'keeps')
         if why:
             raise ValueError(why)
 
@@ -219,13 +229,13 @@ def _check_state(state: dict, params: Dict[Any, torch.Tensor],
                  where: str) -> None:
     for pid, entry in state.items():
         if pid not in params:
-            raise ValueError(f'{where}[{pid!r:.20}] is the state of no '
+            raise ValueError(f'{where}[{key_label(pid)}] is the state of no '
                              'parameter of the optimizer')
         if not isinstance(entry, dict):
             raise ValueError(f'{where}[{pid}] is not a dict')
         param = params[pid]
         for key, value in entry.items():
-            at = f'{where}[{pid}].{key}'
+            at = f'{where}[{pid}].{key_label(key)}'
             if key == 'step':  # the only count: a number or a 1-element one
                 count = real_number(value)
                 if count is None or not count >= 0 or non_finite(value) or (
@@ -312,6 +322,13 @@ def _dry_step(optimizer: Any, where: str) -> None:
     finally:
         for p in params:
             p.grad = None
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        if non_finite(p.detach()) or any(
+                non_finite(v) for v in state.values()
+                if isinstance(v, torch.Tensor)):
+            raise ValueError(f'{where}: a step with this state leaves '
+                             f'parameter {i} or its state not finite')
 
 
 def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
@@ -324,7 +341,7 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
         want = scheduler.state_dict()
         if not isinstance(state, dict):
             raise ValueError(f'{at} is malformed')
-        extra = sorted(map(str, set(state) - set(want)))
+        extra = sorted(map(key_label, set(state) - set(want)))
         if extra:
             raise ValueError(f'{at} has keys {type(scheduler).__name__} does '
                              f'not keep: {extra}')
@@ -352,6 +369,9 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
 
 
 def _check_counters(meta: dict, cfg: Config, where: str) -> None:
+    if meta['epoch'] > meta['iter']:  # every epoch has an iteration
+        raise ValueError(f'{where}.epoch is {meta["epoch"]}, beyond '
+                         f'{where}.iter {meta["iter"]}')
     train = cfg.get('train_cfg') or {}
     for key, limit in (('iter', 'max_iters'), ('epoch', 'max_epochs')):
         bound = train.get(limit)

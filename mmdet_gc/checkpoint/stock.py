@@ -25,7 +25,7 @@ import numpy as np
 
 import torch
 
-from .plain import _NUMPY_DTYPES, MAX_DEPTH, make_history_buffer
+from .plain import _NUMPY_DTYPES, MAX_DEPTH, key_label, make_history_buffer
 
 # Far above what a detector's checkpoint holds (a few thousand tensors and
 # entries); a small file of shared lists could otherwise expand into
@@ -246,8 +246,9 @@ def _resolve(obj: Any, where: str, depth: int, budget: List[int]) -> Any:
     if isinstance(obj, dict):  # dict, OrderedDict, Counter
         out = type(obj)()
         for k, v in obj.items():
-            out[_resolve(k, f'{where} key', depth + 1, budget)] = _resolve(
-                v, f'{where}.{k}', depth + 1, budget)
+            label = f'{where}.{key_label(k)}'
+            out[_resolve(k, f'{label} (key)', depth + 1, budget)] = _resolve(
+                v, label, depth + 1, budget)
         return out
     if type(obj) in (list, tuple, set):
         return type(obj)(_resolve(v, f'{where}[{i}]', depth + 1, budget)

@@ -213,19 +213,25 @@ def _is_pretrained(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, PretrainedInit)
 
 
-def pretrained_sources(model_cfg: Any, model: Any = None) -> List[str]:
+def pretrained_sources(model_cfg: Any,
+                       model: Any = None) -> List[Tuple[str, Optional[str]]]:
     """The ``checkpoint`` of every ``init_cfg`` of type ``Pretrained``, any
     spelling (``'Pretrained'``, ``'mmengine.Pretrained'``, the class): in
     the model config at any depth and, given the built ``model``, in its
     modules (e.g. a backbone's ``pretrained=`` turned into an
-    ``init_cfg``): what the runner loads when it initialises the model."""
-    out: List[str] = []
+    ``init_cfg``): what the runner loads when it initialises the model.
+
+    Returns:
+        list[tuple]: ``(checkpoint, prefix)``; ``prefix`` is the
+        ``init_cfg``'s, or None.
+    """
+    out: List[Tuple[str, Optional[str]]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if _is_pretrained(node.get('type')) and isinstance(
                     node.get('checkpoint'), str):
-                out.append(node['checkpoint'])
+                out.append((node['checkpoint'], node.get('prefix')))
             for value in node.values():
                 walk(value)
         elif isinstance(node, (list, tuple)):
@@ -238,6 +244,20 @@ def pretrained_sources(model_cfg: Any, model: Any = None) -> List[str]:
     return list(dict.fromkeys(out))
 
 
+def check_prefix(ckpt: dict, source: str, prefix: str) -> None:
+    """A ``Pretrained`` ``init_cfg`` with ``prefix`` loads the weights under
+    it (MMEngine asserts there are some, inside the runner): checked here.
+
+    Raises:
+        InputError: ``ckpt`` holds no weight under ``prefix``.
+    """
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    weights = ckpt.get('state_dict', ckpt)
+    if not any(isinstance(k, str) and k.startswith(prefix) for k in weights):
+        raise InputError(f'init_cfg checkpoint {source} has no weights under '
+                         f'its prefix {prefix!r}')
+
+
 def latest_checkpoint(work_dir: str) -> Optional[str]:
     """What MMEngine's auto-resume takes: the path the work dir's
     ``last_checkpoint`` names, or None.
@@ -246,13 +266,26 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
         InputError: ``last_checkpoint`` cannot be read as a path.
     """
     from mmengine.runner import find_latest_checkpoint
-    if not osp.isdir(work_dir):
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isdir(work_dir) or not osp.lexists(pointer):
         return None
+    if not osp.isfile(pointer):  # a FIFO would block the read forever
+        raise InputError(f'{pointer} is not a file')
     try:
-        return find_latest_checkpoint(work_dir)
+        found = find_latest_checkpoint(work_dir)
     except (OSError, UnicodeError, ValueError) as e:
-        raise InputError(f'cannot read {osp.join(work_dir, "last_checkpoint")}'
-                         f': {type(e).__name__}') from None
+        raise InputError(f'cannot read {pointer}: {type(e).__name__}'
+                         ) from None
+    if not found:
+        raise InputError(f'{pointer} names no checkpoint')
+    return found
+
+
+def one_line(text: str) -> str:
+    """A message for the terminal: one line of printable characters (a
+    message can quote a file's keys or paths)."""
+    return ''.join(c if c.isprintable() else ' ' for c in ' '.join(
+        str(text).split()))
 
 
 def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
@@ -438,7 +471,7 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
     except (InputError, CheckpointError) as e:
-        sys.exit(f'{tool}: error: {e}')
+        sys.exit(f'{tool}: error: {one_line(e)}')
     if getattr(args, 'added_plain_hook', False):
         print(
             f'{tool}: added PlainCheckpointHook to custom_hooks: checkpoints '
@@ -458,7 +491,7 @@ def run_through_door(cfg: Config, door: Any, tool: str,
         try:
             action(build_runner(cfg))
         except CheckpointError as e:
-            sys.exit(f'{tool}: error: {e}')
+            sys.exit(f'{tool}: error: {one_line(e)}')
 
 
 def build_runner(cfg: Config) -> Any:

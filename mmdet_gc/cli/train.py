@@ -19,7 +19,7 @@ from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
 from mmdet_gc.cli.runner import (InputError, add_runner_args, apply_gc,
                                  build_run_or_fail, check_checkpoint,
                                  check_dataset_paths, check_optimizer,
-                                 latest_checkpoint, load_config,
+                                 check_prefix, latest_checkpoint, load_config,
                                  prepare_or_exit, pretrained_sources,
                                  run_through_door)
 
@@ -115,8 +115,10 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
         check_checkpoint(door, cfg.get('load_from'), 'load_from', trust=trust)
     # The weights the model starts from (e.g. torchvision://resnet50),
     # wherever the model's modules name them.
-    for source in pretrained_sources(cfg.model, run.model):
-        check_checkpoint(door, source, 'init_cfg')
+    for source, prefix in pretrained_sources(cfg.model, run.model):
+        ckpt = check_checkpoint(door, source, 'init_cfg')
+        if prefix and ckpt is not None:
+            check_prefix(ckpt, source, prefix)
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:

@@ -31,8 +31,15 @@ def mmdet_config_path(name: str) -> str:
     """Path of one of MMDetection's own configs, e.g.
     ``'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`` (what ``mmdet::`` names in
     a ``_base_``)."""
+    import warnings
+
     from mmengine.utils import get_installed_path
-    return _mim_config(get_installed_path('mmdet'), 'MMDetection', name)
+    with warnings.catch_warnings():
+        # MMEngine looks the package up with setuptools' pkg_resources,
+        # which warns that it is deprecated: MMEngine's, not the user's.
+        warnings.filterwarnings('ignore', message='pkg_resources')
+        root = get_installed_path('mmdet')
+    return _mim_config(root, 'MMDetection', name)
 
 
 def config_path(name: str) -> str:
