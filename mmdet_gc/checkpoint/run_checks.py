@@ -127,10 +127,14 @@ def _kind(value: Any) -> str:
     return 'object'
 
 
-def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
+def same_kind(saved: Any,
+              built: Any,
+              where: str,
+              exact: bool = False) -> Optional[str]:
     """Why ``saved`` (from a file) cannot stand for ``built`` (what the run
     holds), or None: the same kind of value (a number for a number, a list
-    of as many for a list...), at any depth."""
+    of as many for a list...), at any depth; with ``exact``, no int where
+    the run holds a float."""
     kind, want = _kind(saved), _kind(built)
     if want == 'None':  # e.g. foreach=None: a plain value may replace it
         if kind in ('None', 'bool', 'number', 'str'):
@@ -141,10 +145,10 @@ def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
         return f'{where} would replace a {type(built).__name__}'
     elif kind != want:
         return f'{where} is a {kind}, not a {want}'
-    if want == 'number' and isinstance(built, float) and isinstance(
-            saved, int):
-        # Python raises ints to exact powers (gamma ** milestone count):
-        # an int where the run holds a float could take forever.
+    if exact and want == 'number' and isinstance(
+            built, float) and isinstance(saved, int):
+        # Schedulers raise values to powers (gamma ** milestone count), and
+        # Python does it exactly for ints: that could take forever.
         return f'{where} is an int where the run holds a float'
     if kind == 'number' and isinstance(saved, int) and abs(saved) > 10**12:
         return f'{where} is {float(saved):.3g}, beyond any count a run ' \
@@ -158,19 +162,19 @@ def same_kind(saved: Any, built: Any, where: str) -> Optional[str]:
         if len(saved) != len(built):
             return f'{where} has {len(saved)} values, not {len(built)}'
         for i, (a, b) in enumerate(zip(saved, built)):
-            why = same_kind(a, b, f'{where}[{i}]')
+            why = same_kind(a, b, f'{where}[{i}]', exact)
             if why:
                 return why
     if kind == 'dict' and set(saved) == set(built):  # a record, by key
         for k, v in saved.items():
-            why = same_kind(v, built[k], f'{where}[{key_label(k)}]')
+            why = same_kind(v, built[k], f'{where}[{key_label(k)}]', exact)
             if why:
                 return why
     elif kind == 'dict' and built:  # a mapping, e.g. a Counter of milestones
         model_key, model_value = next(iter(built.items()))
         for k, v in saved.items():
-            why = same_kind(k, model_key, f'{where} key') or same_kind(
-                v, model_value, f'{where}[{key_label(k)}]')
+            why = same_kind(k, model_key, f'{where} key', exact) or same_kind(
+                v, model_value, f'{where}[{key_label(k)}]', exact)
             if why:
                 return why
     if non_finite(saved):
@@ -346,7 +350,8 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
             raise ValueError(f'{at} has keys {type(scheduler).__name__} does '
                              f'not keep: {extra}')
         for key, value in state.items():
-            why = same_kind(value, want[key], f'{at}.{key}')
+            why = same_kind(value, want[key], f'{at}.{key_label(key)}',
+                            exact=True)
             if why:
                 raise ValueError(why)
         last = state.get('last_step')
