@@ -5,9 +5,24 @@ import copy
 import itertools
 import math
 
+import pytest
 import torch
 
 DT = torch.float64
+
+#: Where the numerics tests run: the CPU, and the CUDA device where one is
+#: present (those cases are skipped here; ``tools/gpu_check.sh`` runs them,
+#: ``pytest -m cuda``).
+DEVICES = [
+    'cpu',
+    pytest.param(
+        'cuda',
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not torch.cuda.is_available(), reason='no CUDA device')
+        ])
+]
 
 # name -> shape: conv2d, linear, conv1d, bias, norm scale, depthwise conv
 SHAPES = {
@@ -18,7 +33,6 @@ SHAPES = {
     'gamma': (6, ),
     'conv_dw': (6, 1, 3, 3),
 }
-
 
 #: SGD hyper-parameters that reach every branch of the SGD GC kernels.
 SGD_HYPER = [
@@ -36,10 +50,11 @@ def product(*lists):
     return list(itertools.product(*lists))
 
 
-def make_params(seed=0, dtype=DT):
+def make_params(seed=0, dtype=DT, device='cpu'):
     g = torch.Generator().manual_seed(seed)
     return {
-        k: torch.randn(s, generator=g, dtype=dtype).requires_grad_()
+        k: torch.randn(s, generator=g,
+                       dtype=dtype).to(device).requires_grad_()
         for k, s in SHAPES.items()
     }
 
@@ -55,7 +70,8 @@ def grad_for(name, step, shape, dtype=DT):
 
 def set_grads(params, step):
     for k, p in params.items():
-        p.grad = grad_for(k, step, p.shape, p.dtype)
+        g = grad_for(k, step, p.shape, p.dtype)
+        p.grad = None if g is None else g.to(p.device)
 
 
 def gc(t, on=True):
@@ -77,7 +93,7 @@ def check_against_reference(opt, params, reference, conv_only, hyper_of,
     ``reference(p, g, state, centralized, **hyper_of(name))`` returns the
     new parameter and updates the dict ``state`` (torch's state keys).
     """
-    ref_p = {k: p.detach().clone() for k, p in params.items()}
+    ref_p = {k: p.detach().cpu().clone() for k, p in params.items()}
     ref_st = {k: {} for k in params}
     for step in range(steps):
         set_grads(params, step)
@@ -90,13 +106,13 @@ def check_against_reference(opt, params, reference, conv_only, hyper_of,
                                      **hyper_of(k))
         for k, p in params.items():
             torch.testing.assert_close(
-                p.detach(), ref_p[k], rtol=1e-9, atol=1e-12, msg=k)
+                p.detach().cpu(), ref_p[k], rtol=1e-9, atol=1e-12, msg=k)
             ours, theirs = (
                 _state_tensors(s) for s in (opt.state[p], ref_st[k]))
             assert ours.keys() == theirs.keys(), (k, step)
             for key in theirs:
                 torch.testing.assert_close(
-                    ours[key].to(DT),
+                    ours[key].to('cpu', DT),
                     theirs[key].to(DT),
                     rtol=1e-9,
                     atol=1e-12,
@@ -426,9 +442,8 @@ def _run_threads(make_opt, threads):
             opt.step()
     finally:
         torch.set_num_threads(previous)
-    return [p.detach().clone() for p in params] + [
-        t.clone() for p in params for t in opt.state[p].values()
-    ]
+    return [p.detach().clone() for p in params
+            ] + [t.clone() for p in params for t in opt.state[p].values()]
 
 
 def assert_same_bits_on_one_and_two_threads(make_opt):
@@ -500,9 +515,8 @@ def break_the_build(monkeypatch, how):
     monkeypatch.delenv(fused_mod.NO_BUILD_ENV, raising=False)
 
     def no_compiler(*args, **kwargs):
-        raise RuntimeError(
-            "Error building extension 'x': [1/2] c++ -c x.cpp\n"
-            '/bin/sh: 1: c++: not found\nninja: build stopped')
+        raise RuntimeError("Error building extension 'x': [1/2] c++ -c x.cpp\n"
+                           '/bin/sh: 1: c++: not found\nninja: build stopped')
 
     monkeypatch.setattr(torch.utils.cpp_extension, 'load', no_compiler)
     monkeypatch.setattr(fused_mod, '_state',

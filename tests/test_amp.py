@@ -6,7 +6,9 @@ GC applies to the real gradient, after everything that precedes the step).
 
 MMEngine 0.10.7's ``AmpOptimWrapper`` asserts a GPU in ``__init__`` and
 builds a CUDA ``GradScaler``; the fixture patches that one check and hands
-it a CPU scaler. Everything else is MMEngine's own code path.
+it a CPU scaler. Everything else is MMEngine's own code path. Where a CUDA
+device is present, every test runs on it too, with a CUDA scaler
+(``tools/gpu_check.sh``).
 """
 import copy
 
@@ -18,6 +20,8 @@ from mmengine.optim import build_optim_wrapper
 import mmdet_gc
 from mmdet_gc import SGD_GC, centralize
 
+from helpers import DEVICES
+
 SCALE = 2.**10
 
 
@@ -27,26 +31,31 @@ def amp_on_cpu(monkeypatch):
     monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
 
 
-def model():
+def model(device='cpu'):
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4,
+                                                               3)).to(device)
 
 
-def batch(i):
+def batch(i, device):
     g = torch.Generator().manual_seed(i)
-    return torch.randn(2, 3, 6, 6, generator=g)
+    return torch.randn(2, 3, 6, 6, generator=g).to(device)
 
 
 def loss_of(net, i, dtype):
-    with torch.autocast('cpu', dtype=dtype):
-        out = net(batch(i))
+    device = next(net.parameters()).device
+    with torch.autocast(device.type, dtype=dtype):
+        out = net(batch(i, device))
     return out.float().pow(2).mean()
 
 
 def amp_wrapper(net, **cfg):
+    """MMEngine's wrapper, with a scaler of the model's device (a CUDA one
+    on a GPU) that starts at SCALE."""
     wrapper = build_optim_wrapper(net, dict(type='AmpOptimWrapper', **cfg))
-    wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=SCALE)
+    device = next(net.parameters()).device.type
+    wrapper.loss_scaler = torch.amp.GradScaler(device, init_scale=SCALE)
     return wrapper
 
 
@@ -67,8 +76,9 @@ def unscaled_grads(net, i, dtype, scale=SCALE):
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('cfg', [SGD, ANY], ids=['SGD_GC', 'any-optimizer'])
-def test_gc_sees_unscaled_gradients(dtype, cfg):
-    ours, ref = model(), model()
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_sees_unscaled_gradients(dtype, cfg, device):
+    ours, ref = model(device), model(device)
     kwargs = dict(optimizer=cfg) if 'type' in cfg else dict(cfg)
     wrapper = amp_wrapper(ours, **kwargs)
     if 'type' in cfg:
@@ -91,10 +101,11 @@ def test_gc_sees_unscaled_gradients(dtype, cfg):
 @pytest.mark.parametrize(
     'cfg', [SGD, dict(SGD, fused=True), ANY, ANY_UPDATE],
     ids=['SGD_GC', 'SGD_GC-fused', 'any-optimizer', 'any-optimizer-on-update'])
-def test_a_step_with_an_inf_gradient_is_skipped(cfg):
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_step_with_an_inf_gradient_is_skipped(cfg, device):
     # Fused or not, the GC optimizers leave the inf check to the scaler
     # (no _step_supports_amp_scaling), which skips the whole step.
-    net = model()
+    net = model(device)
     kwargs = dict(optimizer=cfg) if 'type' in cfg else dict(cfg)
     wrapper = amp_wrapper(net, **kwargs)
     wrapper.update_params(loss_of(net, 0, torch.bfloat16))  # state exists
@@ -113,10 +124,11 @@ def test_a_step_with_an_inf_gradient_is_skipped(cfg):
     assert wrapper.loss_scaler.get_scale() == scale / 2  # backed off
 
 
-def test_accumulation_and_clipping_keep_their_order():
+@pytest.mark.parametrize('device', DEVICES)
+def test_accumulation_and_clipping_keep_their_order(device):
     """Two micro-batches accumulate; at the boundary the gradient is
     unscaled, clipped, then centralized (SGD_GC), as by hand."""
-    ours, ref = model(), model()
+    ours, ref = model(device), model(device)
     wrapper = amp_wrapper(
         ours,
         optimizer=SGD,

@@ -12,7 +12,7 @@ import torch
 
 from mmdet_gc import GC_OPTIMIZERS, centralize
 
-from helpers import assert_same_as, make_params, set_grads
+from helpers import DEVICES, assert_same_as, make_params, set_grads
 
 TORCH_TWIN = {
     'SGD': torch.optim.SGD,
@@ -63,8 +63,9 @@ GRAD_CASES = [(n, f, o, d) for n in GC_OPTIMIZERS for f in (False, True)
 
 
 @pytest.mark.parametrize('name,foreach,hyper,dtype', GRAD_CASES)
-def test_grad_is_never_modified(name, foreach, hyper, dtype):
-    params = make_params(dtype=dtype)
+@pytest.mark.parametrize('device', DEVICES)
+def test_grad_is_never_modified(name, foreach, hyper, dtype, device):
+    params = make_params(dtype=dtype, device=device)
     plist = list(params.values())
     # A group with GC off too: its tensors take torch's own kernels.
     opt = GC_OPTIMIZERS[name](
@@ -335,11 +336,12 @@ SUPPORTED = {('SGD', 'fused'), ('SGDW', 'fused'), ('Adam', 'fused'),
              ('AdamW', 'fused')}
 
 
-@pytest.mark.parametrize('name,arg',
-                         [(n, a) for n, c in GC_OPTIMIZERS.items()
-                          for a in ('fused', 'capturable', 'differentiable')
-                          if a in OFF_VALUES[c.base_algorithm]
-                          and (c.base_algorithm, a) not in SUPPORTED])
+@pytest.mark.parametrize(
+    'name,arg',
+    [(n, a) for n, c in GC_OPTIMIZERS.items()
+     for a in ('fused', 'capturable', 'differentiable')
+     if a in OFF_VALUES[c.base_algorithm] and (c.base_algorithm,
+                                               a) not in SUPPORTED])
 def test_unsupported_torch_modes_are_refused_by_name(name, arg):
     cls = GC_OPTIMIZERS[name]
     with pytest.raises(ValueError) as e:
@@ -395,8 +397,7 @@ def test_betas_and_foreach_follow_torch_adams_rules(name):
         cls(p, betas=(torch.tensor([0.9, 0.8]), torch.tensor(0.99)))
 
 
-@pytest.mark.parametrize(
-    'name', [n for n in GC_OPTIMIZERS if 'Adam' not in n])
+@pytest.mark.parametrize('name', [n for n in GC_OPTIMIZERS if 'Adam' not in n])
 def test_tensor_hyper_parameters_step_as_floats_do(name):
     """SGD and Adagrad read a tensor lr as its value. The Adam family hands
     a tensor lr or betas to torch's kernels as given, and rounds as

@@ -15,7 +15,7 @@ import torch
 import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
 
-from helpers import (SHAPES, assert_kernels_agree, assert_same_as,
+from helpers import (DEVICES, SHAPES, assert_kernels_agree, assert_same_as,
                      check_against_reference, make_params, product,
                      reference_for, set_grads)
 
@@ -61,9 +61,10 @@ def test_all_fourteen_are_registered():
 
 
 @pytest.mark.parametrize('name,foreach,hyper', CASES)
-def test_matches_reference_every_step(name, foreach, hyper):
+@pytest.mark.parametrize('device', DEVICES)
+def test_matches_reference_every_step(name, foreach, hyper, device):
     cls = GC_OPTIMIZERS[name]
-    params = make_params()
+    params = make_params(device=device)
     opt = cls(params.values(), foreach=foreach, **hyper)
     check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
                             lambda k: hyper, STEPS)
@@ -84,8 +85,12 @@ def test_foreach_matches_single_tensor_kernel_in_float32(name):
     on the update through the row means' change)."""
     cls = GC_OPTIMIZERS[name]
     for hyper in HYPER[cls.base_algorithm]:
-        assert_kernels_agree(lambda ps, **kw: cls(ps, **kw, **hyper), STEPS,
-                             torch.float32, rtol=1e-5, atol=1e-6)
+        assert_kernels_agree(
+            lambda ps, **kw: cls(ps, **kw, **hyper),
+            STEPS,
+            torch.float32,
+            rtol=1e-5,
+            atol=1e-6)
 
 
 TORCH_TWIN = {
@@ -99,9 +104,10 @@ TORCH_TWIN = {
 @pytest.mark.parametrize(
     'name,foreach,hyper',
     [c for c in CASES if GC_OPTIMIZERS[c[0]].base_algorithm in TORCH_TWIN])
-def test_gc_off_equals_torch_exactly(name, foreach, hyper):
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_off_equals_torch_exactly(name, foreach, hyper, device):
     cls = GC_OPTIMIZERS[name]
-    a, b = make_params(), make_params()
+    a, b = make_params(device=device), make_params(device=device)
     ours = cls([dict(params=list(a.values()), gc=False)],
                foreach=foreach,
                **hyper)
@@ -122,9 +128,10 @@ def test_sgdw_without_decay_and_gc_equals_torch_sgd():
     'name,foreach',
     product(['Adam_GC2', 'Adam_GCC2', 'AdamW_GC2', 'AdamW_GCC2'],
             [False, True]))
-def test_update_variants_keep_row_means(name, foreach):
+@pytest.mark.parametrize('device', DEVICES)
+def test_update_variants_keep_row_means(name, foreach, device):
     cls = GC_OPTIMIZERS[name]
-    params = make_params()
+    params = make_params(device=device)
     cen = {
         k
         for k, p in params.items() if p.dim() > (3 if cls.gc_conv_only else 1)
@@ -148,7 +155,7 @@ def test_update_variants_keep_row_means(name, foreach):
             atol=1e-12,
             msg=k)
     # ...while the gradient-GC variant moves them under Adam's scaling.
-    plain = make_params()
+    plain = make_params(device=device)
     opt = GC_OPTIMIZERS[name.replace('2', '')](
         plain.values(), lr=0.05, weight_decay=0.1, foreach=foreach)
     for step in range(40):

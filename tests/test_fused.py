@@ -13,6 +13,8 @@ depend on the thread count; for tensors whose memory is not their values
 specification; and for the fallback when it cannot be built (that test
 always runs).
 """
+import warnings
+
 import pytest
 import torch
 
@@ -20,9 +22,9 @@ import mmdet_gc.optim.fused as fused_mod
 from mmdet_gc import SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC, Adam_GC, AdamW_GC2
 from mmdet_gc.optim.sgd import sgd_gc
 
-from helpers import (DT, NOT_VALUES, SGD_HYPER, assert_fused_refused_with,
-                     assert_row_means_kept, assert_same_as,
-                     assert_same_bits_on_one_and_two_threads,
+from helpers import (DEVICES, DT, NOT_VALUES, SGD_HYPER,
+                     assert_fused_refused_with, assert_row_means_kept,
+                     assert_same_as, assert_same_bits_on_one_and_two_threads,
                      assert_within_ulps, break_the_build,
                      centralized_row_means, check_against_reference,
                      check_fallback, check_memory_that_is_not_values,
@@ -58,8 +60,8 @@ def assert_near(ours, spec, dtype, msg):
     assert_within_ulps(ours, spec, dtype, msg, ULPS)
 
 
-@pytest.mark.parametrize('cls,hyper,dtype',
-                         product(CLASSES, SGD_HYPER, DTYPES))
+@pytest.mark.parametrize('cls,hyper,dtype', product(CLASSES, SGD_HYPER,
+                                                    DTYPES))
 def test_matches_single_tensor_kernel_every_step(kernel, cls, hyper, dtype):
     ours, spec = make_params(dtype=dtype), make_params(dtype=dtype)
     opt = cls(groups_of(ours, hyper), fused=True, **hyper)
@@ -275,6 +277,67 @@ def test_fallback_when_the_kernel_cannot_be_built(monkeypatch, log_lines, how):
                    log_lines, expected)
 
 
+@pytest.mark.parametrize('cls,hyper', [
+    (SGD_GC, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (SGDW_GCC, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    (Adam_GC, dict(lr=0.01, weight_decay=1e-3, amsgrad=True)),
+    (AdamW_GC2, dict(lr=0.01, weight_decay=1e-2)),
+])
+@pytest.mark.parametrize('device', DEVICES[1:])
+def test_fused_on_a_gpu_is_the_foreach_kernel(log_lines, cls, hyper, device):
+    """fused=True on CUDA tensors steps as foreach=True, bit for bit, and
+    says so once."""
+    a, b = make_params(device=device), make_params(device=device)
+    fused = cls(a.values(), fused=True, **hyper)
+    foreach = cls(b.values(), foreach=True, **hyper)
+    assert_same_as(fused, a, foreach, b, STEPS)
+    ours = [m for m in log_lines if 'mmdet_gc' in m]
+    assert len(ours) == 1 and device in ours[0] and 'foreach' in ours[0]
+
+
+def test_the_memory_check_of_a_step(kernel):
+    """What the compiled check calls shared memory: a written tensor
+    overlapping any other; a strided one spans its whole storage."""
+    share = fused_mod._module().shares_written_memory
+    flat = torch.zeros(100)
+    a, b, c = flat[:40], flat[40:80], flat[70:100]
+    assert not share([a, b], [])  # one storage, no overlap (DDP buckets)
+    assert share([a, c], [b])  # c is written, b read: they overlap
+    assert share([b], [c])
+    assert not share([a], [b, c])  # only reads overlap
+    assert not share([a, None], [torch.empty(0)])
+    assert share([b], [flat[::50]])  # strided: its whole storage
+    assert share([a, flat[10:20]], [])
+    assert not share([flat[:0], flat[:0]], [])  # empty: no memory
+
+
+@pytest.mark.parametrize('cls', [SGD_GC, AdamW_GC2])
+def test_an_inference_tensor_is_refused_as_by_the_specification(kernel, cls):
+    with torch.inference_mode():
+        w = torch.randn(8, 20)
+    w.grad = torch.randn(8, 20)
+    for fused in (False, True):
+        with pytest.raises(RuntimeError, match='inference tensor'):
+            cls([w], lr=0.1, fused=fused).step()
+
+
+def test_a_number_in_the_state_steps_as_the_specification(kernel):
+    """A momentum buffer that is no tensor (a hand-edited or foreign state)
+    takes the specification, as with fused=False."""
+    out = []
+    for fused in (False, True):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 160).view(8, 20))
+        p.grad = torch.linspace(1, -2, 160).view(8, 20)
+        opt = SGD_GC([p], lr=0.1, momentum=0.9, fused=fused)
+        opt.step()
+        opt.state[p]['momentum_buffer'] = 0.5
+        with warnings.catch_warnings():  # torch: the buffer is resized
+            warnings.simplefilter('ignore')
+            opt.step()
+        out.append(p.detach().clone())
+    torch.testing.assert_close(out[0], out[1])
+
+
 def test_tensors_off_the_cpu_take_the_foreach_kernel(log_lines):
     p = torch.nn.Parameter(torch.empty(4, 3, 3, 3, device='meta'))
     p.grad = torch.empty(4, 3, 3, 3, device='meta')
@@ -307,7 +370,9 @@ def _aliased_run(cls, fused, sharing, threads, **hyper):
         else:
             a, b = (torch.nn.Parameter(base[0:64].clone()),
                     torch.nn.Parameter(base[0:64]))
-        opt = cls([a, b], fused=fused, foreach=None if fused else False,
+        opt = cls([a, b],
+                  fused=fused,
+                  foreach=None if fused else False,
                   **hyper)
         for _ in range(3):
             a.grad = torch.randn(shape, generator=gen)

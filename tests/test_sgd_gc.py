@@ -12,7 +12,7 @@ import torch
 
 from mmdet_gc import SGD_GC, SGD_GCC, centralize, foreach_centralize
 
-from helpers import (DT, SGD_HYPER, SHAPES, assert_kernels_agree,
+from helpers import (DEVICES, DT, SGD_HYPER, SHAPES, assert_kernels_agree,
                      assert_same_as, check_against_reference, make_params,
                      product, reference_step, set_grads)
 
@@ -21,8 +21,9 @@ STEPS = 12
 
 @pytest.mark.parametrize('cls,foreach,hyper',
                          product([SGD_GC, SGD_GCC], [False, True], SGD_HYPER))
-def test_matches_reference_every_step(cls, foreach, hyper):
-    params = make_params()
+@pytest.mark.parametrize('device', DEVICES)
+def test_matches_reference_every_step(cls, foreach, hyper, device):
+    params = make_params(device=device)
     # Two groups: the second with its own lr / momentum.
     group2 = ['fc', 'bias']
     groups = [
@@ -43,8 +44,9 @@ def test_foreach_matches_single_tensor_kernel(cls, hyper):
 
 
 @pytest.mark.parametrize('foreach,hyper', product([False, True], SGD_HYPER))
-def test_gc_off_equals_torch_sgd_exactly(foreach, hyper):
-    a, b = make_params(), make_params()
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_off_equals_torch_sgd_exactly(foreach, hyper, device):
+    a, b = make_params(device=device), make_params(device=device)
     opt_gc = SGD_GC([dict(params=list(a.values()), gc=False)],
                     foreach=foreach,
                     **hyper)
@@ -73,8 +75,10 @@ def test_uncentralized_tensors_are_plain_sgd(cls, foreach):
 
 @pytest.mark.parametrize('cls,foreach,hyper',
                          product([SGD_GC, SGD_GCC], [False, True], SGD_HYPER))
-def test_row_means_of_centralized_weights_never_change(cls, foreach, hyper):
-    params = make_params()
+@pytest.mark.parametrize('device', DEVICES)
+def test_row_means_of_centralized_weights_never_change(cls, foreach, hyper,
+                                                       device):
+    params = make_params(device=device)
     conv_only = cls is SGD_GCC
     cen = {k for k, p in params.items() if p.dim() > (3 if conv_only else 1)}
     dims = {k: tuple(range(1, params[k].dim())) for k in cen}
@@ -133,9 +137,10 @@ def test_half_precision_mean_is_taken_in_float32(dtype):
 
 @pytest.mark.parametrize('cls,foreach',
                          product([SGD_GC, SGD_GCC], [False, True]))
-def test_grad_is_never_modified(cls, foreach):
+@pytest.mark.parametrize('device', DEVICES)
+def test_grad_is_never_modified(cls, foreach, device):
     for hyper in SGD_HYPER:
-        params = make_params()
+        params = make_params(device=device)
         opt = cls(params.values(), foreach=foreach, **hyper)
         for step in range(3):
             set_grads(params, step)

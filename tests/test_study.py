@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmdet_gc.study import plan as study_plan
 from mmdet_gc.datasets import IntensityShift
 from mmdet_gc.engine.hooks.row_mean_drift_hook import row_means
-from mmdet_gc.study import (METRICS, Arm, Plan, execute, make_arms,
-                            paired_stats, read_study, summarize, write_report)
+from mmdet_gc.study import METRICS, Arm, Plan, execute, make_arms, paired_stats
+from mmdet_gc.study import plan as study_plan
+from mmdet_gc.study import read_study, study_markdown, summarize, write_report
 
 from tool_helpers import DEMO, ENV, ROOT, run_tool, tiny_config
 
@@ -113,15 +113,146 @@ def test_report_files(fake_study):
     assert osp.getsize(fake_study / 'report.png') > 10000
 
 
+def _fake_sweep(work):
+    """base trains at lr 0.02 only; SGD_GC up to 0.04 (the config's own lr,
+    its arms unsuffixed)."""
+    box = {
+        'base_lr0.02': [0.30, 0.31, 0.32],
+        'base': [0.33, 0.34, 0.20],  # seed 2: NaN loss
+        'base_lr0.08': [0., 0., 0.01],  # failed, failed, below threshold
+        'SGD_GC_lr0.02': [0.31, 0.31, 0.33],
+        'SGD_GC': [0.34, 0.36, 0.35],
+        'SGD_GC_lr0.08': [0.30, 0.02, 0.32],
+    }
+    for arm, values in box.items():
+        for seed, b in enumerate(values):
+            nan = arm == 'base' and seed == 2
+            _write_run(
+                work,
+                arm,
+                seed,
+                b, [2.0, float('nan') if nan else 1.5],
+                failed=arm == 'base_lr0.08' and seed < 2)
+    return work
+
+
+def test_sweep_counts_collapses_and_pairs_each_lr(tmp_path):
+    work = _fake_sweep(tmp_path / 'sweep')
+    results = read_study(str(work), threshold=0.05)
+    summary = summarize(results, config_lr=0.04)
+    assert list(summary['arms']) == [
+        'base', 'SGD_GC', 'base_lr0.02', 'SGD_GC_lr0.02', 'base_lr0.08',
+        'SGD_GC_lr0.08'
+    ]
+    # Each GC arm pairs with the base arm at its own lr.
+    assert summary['pairs'] == {
+        'SGD_GC': 'base',
+        'SGD_GC_lr0.02': 'base_lr0.02',
+        'SGD_GC_lr0.08': 'base_lr0.08'
+    }
+    sweep = summary['sweep']
+    assert sweep['lrs'] == [0.02, 0.04, 0.08]
+    collapsed = {
+        f:
+        [sweep['arms'][f][lr]['collapsed'] for lr in ('0.02', '0.04', '0.08')]
+        for f in ('base', 'SGD_GC')
+    }
+    assert collapsed == dict(base=[0, 1, 3], SGD_GC=[0, 0, 1])
+    assert sweep['stable'] == dict(base=0.02, SGD_GC=0.04)
+    at = sweep['arms']['base']['0.04']
+    assert at['arm'] == 'base' and at['n'] == 3
+    assert at['box']['mean'] == pytest.approx((0.33 + 0.34 + 0.20) / 3)
+    pair = sweep['paired']['SGD_GC']['0.04']
+    assert pair['box'] == pytest.approx(
+        paired_stats([0.33, 0.34, 0.20], [0.34, 0.36, 0.35]))
+    assert pair['mask'] == pytest.approx(pair['box'])
+    # Where both trained: seeds 0 and 1 only.
+    assert pair['box_trained'] == pytest.approx(
+        paired_stats([0.33, 0.34], [0.34, 0.36]))
+    # Failed runs count as AP 0 in the pair over every seed.
+    assert sweep['paired']['SGD_GC']['0.08']['box'] == pytest.approx(
+        paired_stats([0., 0., 0.01], [0.30, 0.02, 0.32]))
+    assert 'box_trained' not in sweep['paired']['SGD_GC']['0.08']
+    # Without the config's lr the unsuffixed arms have no place on the axis.
+    assert summarize(results)['sweep']['lrs'] == [0.02, 0.08]
+    # One lr: no sweep.
+    assert summarize(
+        read_study(str(_fake_study(tmp_path / 'one'))),
+        config_lr=0.04)['sweep'] is None
+
+
+def test_sweep_report_files(tmp_path):
+    work = _fake_sweep(tmp_path / 'sweep')
+    text, _ = write_report(str(work), threshold=0.05, config_lr=0.04)
+    assert ('every one of the 3 seeds trained (at it and at every smaller '
+            'lr run): base 0.02, SGD_GC 0.04 (of 0.02, 0.04, 0.08).') in text
+    assert '| 0.08 | 3 of 3 | 0.3 ± 0.6 | 0.3 ± 0.6 | 1 of 3 |' in text
+    assert 'Paired difference SGD_GC_lr0.08 - base_lr0.08' in text
+    saved = json.load(open(work / 'report.json'))
+    assert saved['sweep']['stable'] == dict(base=0.02, SGD_GC=0.04)
+    assert osp.getsize(work / 'report_lr.png') > 10000
+
+
+def test_sweep_of_untrusted_folders(tmp_path, capsys):
+    """Folder names from an attack review: an lr spelt otherwise than the
+    study spells it is no arm (never paired with another lr's base); two
+    lrs that print alike are one; a sweep without a base arm has no
+    pairs; an arm that ran fewer seeds, or collapsed at a smaller lr, is
+    not stable there; a box-only study shows no mask AP."""
+    work = tmp_path / 'w'
+    for seed in range(2):
+        _write_run(work, 'base', seed, 0.3, [2.0, 1.5])
+        _write_run(work, 'base_lr0.08', seed, 0., [2.0], failed=True)
+        _write_run(work, 'SGD_GC', seed, 0.32, [2.0, 1.5])
+        _write_run(work, 'SGD_GC_lr0.08', seed, 0.31, [2.0, 1.5])
+        _write_run(work, 'SGD_GC_lr0.080', seed, 0.9, [2.0, 1.5])
+        _write_run(work, 'SGD_GC_lr1e-5', seed, 0.9, [2.0, 1.5])
+    _write_run(work, 'SGD_GC_lr0.16', 0, 0.3, [2.0, 1.5])  # one seed only
+    results = read_study(str(work), threshold=0.05)
+    err = capsys.readouterr().err
+    assert 'SGD_GC_lr0.080' in err and 'SGD_GC_lr1e-5' in err
+    assert {r.arm
+            for r in results} == {
+                'base', 'base_lr0.08', 'SGD_GC', 'SGD_GC_lr0.08',
+                'SGD_GC_lr0.16'
+            }
+    # The config's own lr prints as 0.08 too: one lr, the first arm kept.
+    summary = summarize(results, config_lr=0.08000001)
+    err = capsys.readouterr().err
+    assert 'both ran base at lr 0.08' in err
+    sweep = summary['sweep']
+    assert sweep['lrs'] == [0.08, 0.16]
+    assert sweep['stable'] == dict(base=0.08, SGD_GC=0.08)
+    summary = summarize(results, config_lr=0.04)
+    sweep = summary['sweep']
+    assert sweep['stable'] == dict(base=0.04, SGD_GC=0.08)  # not 0.16
+    assert sweep['arms']['base']['0.08']['collapsed'] == 2
+    # A box-only study: no run wrote a mask AP (a failed run's metrics are
+    # all zeros, mask AP too).
+    for r in results:
+        if r.status != 'failed':
+            del r.metrics['coco/segm_mAP']
+    sweep = summarize(results, config_lr=0.04)['sweep']
+    assert sweep['arms']['base']['0.08']['mask']['n'] == 0
+    assert 'mask' not in sweep['paired']['SGD_GC']['0.08']
+    # Without a base arm: no pairs, no empty table.
+    gc_only = [r for r in results if not r.arm.startswith('base')]
+    summary = summarize(gc_only, config_lr=0.04)
+    assert summary['sweep']['paired'] == {}
+    assert 'Paired difference' not in study_markdown(summary)
+
+
 def test_arms_and_commands(tmp_path):
     arms = make_arms(['SGD_GC', 'SGD_GCC'], [0.08])
     assert [a.name for a in arms] == [
         'base', 'SGD_GC', 'SGD_GCC', 'base_lr0.08', 'SGD_GC_lr0.08',
         'SGD_GCC_lr0.08'
     ]
-    cmd = study_plan.train_command('c.py', str(tmp_path),
-                                   Arm('SGD_GC', 0.08), 3, 'pytorch',
-                                   ['a=1'])
+    test = study_plan.test_command('c.py', str(tmp_path / 'r'), 40., ['a=1'],
+                                   'slurm')
+    assert test[-5:] == ['40', '--launcher', 'slurm', '--cfg-options', 'a=1']
+    cmd = study_plan.train_command('c.py', str(tmp_path), Arm('SGD_GC', 0.08),
+                                   3, 'pytorch', ['a=1'])
     assert cmd[1:] == [
         '-m', 'mmdet_gc', 'train', 'c.py', '--work-dir',
         str(tmp_path / 'SGD_GC_lr0.08' / 'seed3'), '--gc', 'SGD_GC',
@@ -186,6 +317,25 @@ def test_print_commands_one_line_per_run(tmp_path, data_root):
     bad = run_tool('tools/gc_study.py', cfg, '--only', 'nope:0', ok=False)
     assert bad.returncode != 0 and 'base:0' in bad.stderr
     assert 'Traceback' not in bad.stderr
+
+
+def test_print_commands_of_a_sweep_one_line_per_run(tmp_path):
+    """A sweep's commands: every arm at every lr, the same seeds; each line
+    is that one run (--only), for a cluster's job array."""
+    study = osp.join(ROOT, 'configs', 'demo',
+                     'mask-rcnn_r18-tiny_fpn_sgd_synthetic-study.py')
+    out = run_tool('tools/gc_study.py', study, '--gc', 'SGD_GC', '--seeds',
+                   '0', '1', '--lr', '0.02', '0.08', '--print-commands',
+                   '--work-dir', str(tmp_path / 'w'))
+    lines = out.stdout.strip().splitlines()
+    only = [shlex.split(line)[-1] for line in lines]
+    assert only == [
+        f'{arm}:{seed}' for seed in (0, 1)
+        for arm in ('base', 'SGD_GC', 'base_lr0.02', 'SGD_GC_lr0.02',
+                    'base_lr0.08', 'SGD_GC_lr0.08')
+    ]
+    assert all('--lr 0.02 0.08' in line for line in lines)
+    assert not (tmp_path / 'w').exists()
 
 
 def test_intensity_shift_and_row_means():
@@ -286,9 +436,10 @@ def _file(name, content, under=('base', 'seed0')):
 #: Damage that leaves the report as it is: (what it does to a fake study)
 #: -> the file or folder its one warning names.
 HARMLESS = {
-    'seed folders': _folders('seedX', 'seed-1', 'seed', 'seed01', 'seed1.0',
-                             'seed١'),
-    'shift folders': _folders(
+    'seed folders':
+    _folders('seedX', 'seed-1', 'seed', 'seed01', 'seed1.0', 'seed١'),
+    'shift folders':
+    _folders(
         'shiftX',
         'shiftnan',
         'shiftinf',
@@ -296,31 +447,45 @@ HARMLESS = {
         'shift0.0',
         'shift1_0',
         under=('base', 'seed0')),
-    'arm folder not text': _folders('bad\nname', under=()),
-    'line list': _line(b'[1]'),
-    'line number': _line(b'3'),
-    'line not JSON': _line(b'{"iter": 3,, "loss": 1.0}'),
-    'step string': _line(b'{"step": "x", "loss": 1.0}'),
-    'iter negative': _line(b'{"iter": -1, "loss": 1.0}'),
-    'iter bool': _line(b'{"iter": true, "loss": 1.0}'),
-    'loss list': _line(b'{"iter": 3, "loss": [1]}'),
-    'loss string': _line(b'{"iter": 3, "loss": "nan"}'),
+    'arm folder not text':
+    _folders('bad\nname', under=()),
+    'line list':
+    _line(b'[1]'),
+    'line number':
+    _line(b'3'),
+    'line not JSON':
+    _line(b'{"iter": 3,, "loss": 1.0}'),
+    'step string':
+    _line(b'{"step": "x", "loss": 1.0}'),
+    'iter negative':
+    _line(b'{"iter": -1, "loss": 1.0}'),
+    'iter bool':
+    _line(b'{"iter": true, "loss": 1.0}'),
+    'loss list':
+    _line(b'{"iter": 3, "loss": [1]}'),
+    'loss string':
+    _line(b'{"iter": 3, "loss": "nan"}'),
     # A test result in an extra offset folder, skipped whole.
-    'test result list': _file(
+    'test result list':
+    _file(
         '20260101_000001.json',
         '[{"coco/bbox_mAP": 0.5}]',
         under=('base', 'seed0', 'shift20', '20260101_000001')),
-    'test result number': _file(
+    'test result number':
+    _file(
         '20260101_000001.json',
         '0.5',
         under=('base', 'seed0', 'shift20', '20260101_000001')),
-    'drift not JSON': _file('row_mean_drift.json', '{"layers": '),
-    'drift list': _file('row_mean_drift.json', '[]'),
-    'drift layers list': _file('row_mean_drift.json', '{"layers": []}'),
-    'drift iter string': _file('row_mean_drift.json',
-                               '{"iter": "x", "layers": {}}'),
-    'drift FIFO': _file(
-        'row_mean_drift.json', None, under=('SGD_GC', 'seed0')),
+    'drift not JSON':
+    _file('row_mean_drift.json', '{"layers": '),
+    'drift list':
+    _file('row_mean_drift.json', '[]'),
+    'drift layers list':
+    _file('row_mean_drift.json', '{"layers": []}'),
+    'drift iter string':
+    _file('row_mean_drift.json', '{"iter": "x", "layers": {}}'),
+    'drift FIFO':
+    _file('row_mean_drift.json', None, under=('SGD_GC', 'seed0')),
 }
 
 
@@ -415,6 +580,14 @@ def test_report_files_replace_what_the_work_dir_holds(fake_study, tmp_path,
 @pytest.mark.parametrize('flags,error', [
     (['--seeds', '-1'], '--seeds must be >= 0'),
     (['--shifts', '0', 'nan'], '--shifts must be finite'),
+    (['--lr', '0.02', '0'], '--lr must be positive and finite'),
+    (['--lr', 'inf'], '--lr must be positive and finite'),
+    (['--lr', '0.02', '0.020'], '--lr has repeats'),
+    (['--lr', '0.04', '0.08'], "--lr 0.04 is the config's own lr"),
+    (['--lr', '0.08', '--cfg-options', 'optim_wrapper.optimizer.lr=0.08'
+      ], "--lr 0.08 is the config's own lr"),
+    (['--lr', '0.1234567'], 'at most 6 significant digits'),
+    (['--gc', 'SGD_GC'], "the config's optimizer is SGD_GC already"),
 ])
 def test_flags_that_name_unreadable_folders(tmp_path, flags, error):
     from mmdet_gc.cli.study import main
@@ -453,23 +626,49 @@ def test_cli_report_only_on_a_damaged_study(tmp_path):
 
 
 def test_the_docs_study_commands_share_one_study():
-    """The documented study, its --print-commands and its --report-only
-    name the same study (work dir, arms, seeds, offsets), so the report
-    finds the runs."""
+    """The documented studies, their --print-commands and their
+    --report-only name the same study (work dir, arms, seeds, offsets,
+    learning rates), so the report finds the runs."""
     import re
     import shlex
 
     from mmdet_gc.cli.study import parse_args
+
     from tool_helpers import ROOT
     text = open(osp.join(ROOT, 'docs', 'en', 'studies.md')).read()
     lines = ' '.join(re.findall(r'```bash\n(.*?)```', text,
                                 re.S)).replace('\\\n', ' ').splitlines()
     runs = [
-        parse_args(shlex.split(line.replace('$CFG', 'c.py'))[2:])
+        # The tool's own arguments: no redirection, no comment.
+        parse_args(
+            shlex.split(
+                line.replace('$CFG', 'c.py').split('>')[0], comments=True)[2:])
         for line in lines if line.strip().startswith('python tools/gc_study')
     ]
-    assert len(runs) == 3
-    assert {r.print_commands for r in runs} == {True, False}
-    assert any(r.report_only for r in runs)
-    keys = [(r.work_dir, r.gc, r.seeds, r.shifts, r.lr) for r in runs]
-    assert len(set(map(str, keys))) == 1, keys
+    studies = {}
+    for r in runs:
+        studies.setdefault(r.work_dir, []).append(r)
+    assert len(studies) == 2  # the study, and a learning-rate sweep
+    for work, group in studies.items():
+        assert len(group) == 3, work
+        assert {r.print_commands for r in group} == {True, False}, work
+        assert any(r.report_only for r in group), work
+        # The launcher may differ: one machine, or a cluster's lines.
+        keys = [(r.gc, r.seeds, r.shifts, r.lr) for r in group]
+        assert len(set(map(str, keys))) == 1, keys
+    assert sum(bool(g[0].lr) for g in studies.values()) == 1
+
+
+@pytest.mark.parametrize('optim_wrapper,lr', [
+    (dict(optimizer=dict(lr=0.02)), 0.02),
+    (None, None),
+    (dict(optimizer=None), None),
+    (dict(optimizer=dict(lr=10**400)), None),
+    (dict(optimizer=dict(lr=True)), None),
+    (dict(optimizer=dict(lr=float('nan'))), None),
+])
+def test_the_config_lr_of_odd_configs(optim_wrapper, lr):
+    from mmengine.config import Config
+
+    from mmdet_gc.cli.study import config_lr
+    assert config_lr(Config(dict(optim_wrapper=optim_wrapper))) == lr

@@ -12,8 +12,8 @@ from torch.testing._internal.common_optimizers import (OptimizerErrorEnum,
 
 from mmdet_gc import GC_OPTIMIZERS
 
-from helpers import (DT, assert_same_as, check_against_reference, make_params,
-                     reference_for)
+from helpers import (DEVICES, DT, assert_same_as, check_against_reference,
+                     make_params, reference_for)
 
 TORCH = {info.optim_cls.__name__: info for info in optim_db}
 STEPS = 4
@@ -43,9 +43,10 @@ def _builds(make):
 
 
 @pytest.mark.parametrize('name,kwargs,foreach', CASES)
-def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach):
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach, device):
     cls = GC_OPTIMIZERS[name]
-    a, b = make_params(), make_params()
+    a, b = make_params(device=device), make_params(device=device)
     theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
         b.values(), foreach=foreach, **kwargs))
     ours = _builds(
@@ -59,8 +60,9 @@ def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach):
 
 def _has_tensor_hyper(kwargs):
     return any(
-        torch.is_tensor(v) or isinstance(v, tuple) and any(map(
-            torch.is_tensor, v)) for v in kwargs.values())
+        torch.is_tensor(v)
+        or isinstance(v, tuple) and any(map(torch.is_tensor, v))
+        for v in kwargs.values())
 
 
 def tensor_hyper_inputs(algo):
@@ -68,9 +70,10 @@ def tensor_hyper_inputs(algo):
     them among its CUDA inputs, with ``capturable`` (CUDA graphs), which
     the CPU has no use for: the same values without it."""
     info = TORCH[algo]
-    return [({k: v
-              for k, v in i.kwargs.items() if k != 'capturable'}, i.desc)
-            for i in info.optim_inputs_func(device='cuda', dtype=DT)
+    return [({
+        k: v
+        for k, v in i.kwargs.items() if k != 'capturable'
+    }, i.desc) for i in info.optim_inputs_func(device='cuda', dtype=DT)
             if i.params is None and _has_tensor_hyper(i.kwargs)]
 
 
@@ -90,8 +93,11 @@ TENSOR_HYPER = [
 def test_gc_off_equals_torch_with_tensor_hyper_parameters_in_float32(
         name, kwargs, mode):
     cls = GC_OPTIMIZERS[name]
-    flag = {'single': dict(foreach=False), 'foreach': dict(foreach=True),
-            'fused': dict(fused=True)}[mode]
+    flag = {
+        'single': dict(foreach=False),
+        'foreach': dict(foreach=True),
+        'fused': dict(fused=True)
+    }[mode]
     a = make_params(dtype=torch.float32)
     b = make_params(dtype=torch.float32)
     theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
@@ -111,9 +117,11 @@ def test_there_are_tensor_hyper_parameter_inputs():
 
 
 @pytest.mark.parametrize('name,kwargs,foreach', CASES)
-def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach):
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach,
+                                                     device):
     cls = GC_OPTIMIZERS[name]
-    params = make_params()
+    params = make_params(device=device)
     opt = _builds(lambda: cls(params.values(), foreach=foreach, **kwargs))
     if isinstance(opt, ValueError):
         pytest.skip(f'torch refuses these arguments as well: {opt}')

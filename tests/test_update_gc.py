@@ -11,7 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from mmdet_gc import GC_OPTIMIZERS, attach_gc
 from mmdet_gc.optim.any_optimizer import GCOptimWrapperConstructor
 
-from helpers import make_params, set_grads
+from helpers import DEVICES, make_params, set_grads
 
 STEPS = 8
 
@@ -20,9 +20,12 @@ STEPS = 8
                          ['Adam_GC2', 'Adam_GCC2', 'AdamW_GC2', 'AdamW_GCC2'])
 @pytest.mark.parametrize('amsgrad', [False, True])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_wrapping_torch_adam_equals_the_gc2_variants(name, amsgrad, dtype):
+@pytest.mark.parametrize('device', DEVICES)
+def test_wrapping_torch_adam_equals_the_gc2_variants(name, amsgrad, dtype,
+                                                     device):
     cls = GC_OPTIMIZERS[name]
-    a, b = make_params(dtype=dtype), make_params(dtype=dtype)
+    a = make_params(dtype=dtype, device=device)
+    b = make_params(dtype=dtype, device=device)
     hyper = dict(lr=0.05, weight_decay=0.1, amsgrad=amsgrad, foreach=False)
     ours = (torch.optim.AdamW if cls.decoupled else torch.optim.Adam)(
         a.values(), **hyper)
@@ -75,8 +78,9 @@ OTHERS = {
 
 @pytest.mark.parametrize('name', list(OTHERS))
 @pytest.mark.parametrize('conv_only', [False, True])
-def test_row_means_stay_fixed_under_any_optimizer(name, conv_only):
-    params = make_params()
+@pytest.mark.parametrize('device', DEVICES)
+def test_row_means_stay_fixed_under_any_optimizer(name, conv_only, device):
+    params = make_params(device=device)
     before = {
         k: p.detach().mean(_dims(p))
         for k, p in params.items() if p.dim() > 1
@@ -168,3 +172,168 @@ def test_bad_mode_is_refused():
         attach_gc(
             torch.optim.SGD([nn.Parameter(torch.ones(2, 2))], lr=1),
             on='weights')
+
+
+# --------------------------------------------------------------------------
+# fused=True: the compiled row-mean kernels behind the hooks.
+# --------------------------------------------------------------------------
+
+
+def _hooked_run(name, dtype, fused, threads=None, params=None):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        params = params or make_params(dtype=dtype)
+        opt = OTHERS[name](params.values())
+        attach_gc(opt, on='update', fused=fused)
+        for step in range(STEPS):
+            set_grads(params, step)
+            opt.step()
+        return {k: p.detach().clone() for k, p in params.items()}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('name', list(OTHERS))
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_fused_hooks_equal_torchs_ops(kernel, name, dtype):
+    """The same weights but for the last bits of each row mean (summed in
+    double by the kernel), and the row means kept."""
+    ours = _hooked_run(name, dtype, fused=True)
+    spec = _hooked_run(name, dtype, fused=False)
+    start = make_params(dtype=dtype)
+    tol = dict(
+        rtol=0, atol=1e-13) if dtype == torch.float64 else dict(
+            rtol=1e-5, atol=2e-6)
+    for k in ours:
+        torch.testing.assert_close(ours[k], spec[k], **tol, msg=k)
+        if ours[k].dim() > 1:
+            torch.testing.assert_close(
+                ours[k].mean(_dims(ours[k])),
+                start[k].detach().mean(_dims(start[k])),
+                **tol,
+                msg=k)
+
+
+def test_fused_hooks_do_not_depend_on_the_thread_count(kernel):
+    one = _hooked_run('NAdam', torch.float32, fused=True, threads=1)
+    two = _hooked_run('NAdam', torch.float32, fused=True, threads=2)
+    for k in one:
+        assert torch.equal(one[k], two[k]), k
+
+
+def test_fused_hooks_leave_odd_weights_to_torchs_ops(kernel):
+    """channels_last, float16 and weights that share memory: the same as
+    without fused (what the kernels take is split off, the rest runs
+    torch's ops)."""
+
+    def params():
+        g = torch.Generator().manual_seed(1)
+        flat = torch.randn(2 * 4 * 3 * 3 * 3, generator=g)
+        return {
+            'plain':
+            torch.randn(6, 5, 3, 3, generator=g),
+            'channels_last':
+            torch.randn(6, 5, 3, 3,
+                        generator=g).to(memory_format=torch.channels_last),
+            'half':
+            torch.randn(6, 20, generator=g).half(),
+            'bias':
+            torch.randn(6, generator=g),
+            'view_a':
+            flat[:4 * 27].view(4, 3, 3, 3),
+            'view_b':
+            flat[4 * 27:].view(4, 3, 3, 3),
+        }
+
+    out = []
+    for fused in (True, False):
+        ps = {
+            k: v.clone(memory_format=torch.preserve_format).requires_grad_()
+            for k, v in params().items()
+        }
+        if fused:  # views of one storage, side by side: still taken
+            flat = torch.cat([
+                ps['view_a'].detach().flatten(),
+                ps['view_b'].detach().flatten()
+            ])
+            ps['view_a'] = flat[:4 * 27].view(4, 3, 3, 3).requires_grad_()
+            ps['view_b'] = flat[4 * 27:].view(4, 3, 3, 3).requires_grad_()
+        out.append(_hooked_run('SGD', None, fused=fused, params=ps))
+    for k in out[0]:
+        tol = dict(
+            rtol=1e-3, atol=1e-3) if k == 'half' else dict(
+                rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(
+            out[0][k].float(), out[1][k].float(), **tol, msg=k)
+
+
+@pytest.mark.parametrize('how', ['env', 'no_compiler'])
+def test_fused_hooks_without_the_kernels_run_torchs_ops(
+        monkeypatch, log_lines, how):
+    from helpers import break_the_build
+    expected = break_the_build(monkeypatch, how)
+    ours = _hooked_run('Adamax', torch.float64, fused=True)
+    spec = _hooked_run('Adamax', torch.float64, fused=False)
+    for k in ours:
+        assert torch.equal(ours[k], spec[k]), k
+    said = [m for m in log_lines if 'GC on the update' in m]
+    assert len(said) == 1 and expected in said[0]
+
+
+def test_fused_is_for_gc_on_the_update():
+    with pytest.raises(ValueError, match="on='update'"):
+        attach_gc(
+            torch.optim.SGD([nn.Parameter(torch.ones(2, 2))], lr=1),
+            fused=True)
+    with pytest.raises(ValueError, match="on='update'"):
+        GCOptimWrapperConstructor(
+            dict(
+                type='OptimWrapper',
+                gc=dict(fused=True),
+                optimizer=dict(type='SGD', lr=0.1)))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1))
+    wrapper = GCOptimWrapperConstructor(
+        dict(
+            type='OptimWrapper',
+            gc=dict(on='update', fused=True),
+            optimizer=dict(type='SGD', lr=0.1)))(
+                net)
+    before = [row_mean_of(p) for p in net.parameters() if p.dim() > 1]
+    net(torch.randn(1, 3, 6, 6)).sum().backward()
+    wrapper.step()
+    after = [row_mean_of(p) for p in net.parameters() if p.dim() > 1]
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def row_mean_of(p):
+    return p.detach().mean(_dims(p))
+
+
+def test_fused_hooks_give_the_kernels_what_they_take(kernel, monkeypatch):
+    import mmdet_gc.optim.fused as fused_mod
+    module = fused_mod._module()
+    calls = []
+
+    class Spy:
+
+        def row_means(self, params):
+            calls.append(('row_means', [tuple(p.shape) for p in params]))
+            return module.row_means(params)
+
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+    monkeypatch.setattr(fused_mod, 'module_or_log', lambda *a: Spy())
+    w = nn.Parameter(torch.randn(6, 5, 3, 3))
+    cl = nn.Parameter(
+        torch.randn(4, 5, 3, 3).to(memory_format=torch.channels_last))
+    b = nn.Parameter(torch.randn(6))
+    for p in (w, cl, b):
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.SGD([w, cl, b], lr=0.1)
+    attach_gc(opt, on='update', fused=True)
+    opt.step()
+    assert calls == [('row_means', [(6, 5, 3, 3)])]

@@ -274,8 +274,8 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     try:
         found = find_latest_checkpoint(work_dir)
     except (OSError, UnicodeError, ValueError) as e:
-        raise InputError(f'cannot read {pointer}: {type(e).__name__}'
-                         ) from None
+        raise InputError(
+            f'cannot read {pointer}: {type(e).__name__}') from None
     if not found:
         raise InputError(f'{pointer} names no checkpoint')
     return found
@@ -284,8 +284,8 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
 def one_line(text: str) -> str:
     """A message for the terminal: one line of printable characters (a
     message can quote a file's keys or paths)."""
-    return ''.join(c if c.isprintable() else ' ' for c in ' '.join(
-        str(text).split()))
+    return ''.join(c if c.isprintable() else ' '
+                   for c in ' '.join(str(text).split()))
 
 
 def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
@@ -416,6 +416,23 @@ class CfgOptions(DictAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+def merge_options(cfg: Config, options: Optional[dict], config: str) -> None:
+    """Merge ``--cfg-options`` into ``cfg`` (read from ``config``).
+
+    Raises:
+        InputError: They cannot be merged, named with the error.
+    """
+    if options is None:
+        return
+    try:
+        cfg.merge_from_dict(options)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        text = str(e).strip().splitlines()
+        raise InputError(
+            f'--cfg-options cannot be merged into {config}: '
+            f'{type(e).__name__}: {text[0] if text else ""}') from None
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config named by ``args.config`` with the shared flags applied.
 
@@ -430,14 +447,7 @@ def load_config(args: argparse.Namespace) -> Config:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        try:
-            cfg.merge_from_dict(args.cfg_options)
-        except (TypeError, KeyError, ValueError, AttributeError) as e:
-            text = str(e).strip().splitlines()
-            raise InputError(
-                f'--cfg-options cannot be merged into {args.config}: '
-                f'{type(e).__name__}: {text[0] if text else ""}') from None
+    merge_options(cfg, args.cfg_options, args.config)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

@@ -17,10 +17,13 @@ the tool again with ``--report-only`` when they are done.
 
 The report (WORK/report.md, .json, .png) gives per arm mean ± std of box
 and mask AP, AP50, AP75, APs, APm and APl; per metric the paired
-difference to the base arm with a 95% t interval and a paired t-test;
-failed and diverged runs, counted and kept; box AP under each offset; and
-how far the weight row means moved (Yong et al., ECCV 2020: with SGD_GC
-they do not).
+difference to the base arm at the same lr with a 95% t interval and a
+paired t-test; failed and diverged runs, counted and kept; box AP under
+each offset; and how far the weight row means moved (Yong et al., ECCV
+2020: with SGD_GC they do not). With --lr, the learning-rate sweep too:
+per arm and lr the collapsed runs and AP, per lr the paired difference,
+the largest lr at which each arm trained on every seed, and
+WORK/report_lr.png (collapse rate and AP against lr).
 """
 import argparse
 import math
@@ -31,7 +34,8 @@ import sys
 from typing import Optional, Sequence
 
 import mmdet_gc  # noqa: F401
-from mmdet_gc.cli.runner import CfgOptions, apply_gc, read_config
+from mmdet_gc.cli.runner import (CfgOptions, apply_gc, merge_options,
+                                 read_config)
 from mmdet_gc.study import (Plan, execute, make_arms, run_name, tool_command,
                             write_report)
 from mmdet_gc.study.report import ReportError
@@ -55,7 +59,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         nargs='+',
         type=float,
         default=[],
-        help='also run every arm at these learning rates')
+        help='also run every arm at these learning rates (a learning-rate '
+        'sweep; the config\'s own lr is not repeated here)')
     parser.add_argument(
         '--seeds',
         nargs='+',
@@ -109,11 +114,51 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
-def check(args: argparse.Namespace) -> None:
-    """Fail before any work: config, --gc names, seeds, offsets."""
+def config_lr(cfg) -> Optional[float]:
+    """The config's own learning rate (``optim_wrapper.optimizer.lr``), if
+    it is a finite positive number."""
+    lr = cfg.get('optim_wrapper')
+    for key in ('optimizer', 'lr'):
+        lr = lr.get(key) if isinstance(lr, dict) else None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        return None
+    try:
+        lr = float(lr)
+    except OverflowError:  # an int beyond the float range
+        return None
+    return lr if 0 < lr < math.inf else None
+
+
+def check(args: argparse.Namespace) -> Optional[float]:
+    """Fail before any work: config, --gc names, --lr, seeds, offsets.
+
+    Returns:
+        float | None: The config's own lr (:func:`config_lr`).
+    """
     cfg = read_config(args.config)
+    merge_options(cfg, args.cfg_options, args.config)
+    own_type = (cfg.get('optim_wrapper') or {}).get('optimizer') or {}
+    own_type = own_type.get('type') if isinstance(own_type, dict) else None
     for name in args.gc:
+        if name == own_type:
+            raise InputError(
+                f'--gc {name}: the config\'s optimizer is {name} already, '
+                'so the arms would be the same; start from the config of '
+                'its plain optimizer (e.g. mmdet\'s own)')
         apply_gc(cfg.copy(), name)
+    own = config_lr(cfg)
+    if not all(0 < lr < math.inf for lr in args.lr):
+        raise InputError(f'--lr must be positive and finite: {args.lr}')
+    # A run's folder names its lr in 6 significant digits (ARM_lr0.08).
+    odd = [lr for lr in args.lr if float(f'{lr:g}') != lr]
+    if odd:
+        raise InputError(f'--lr {odd[0]!r}: give at most 6 significant '
+                         'digits (the run folders name the lr so)')
+    if len({f'{lr:g}' for lr in args.lr}) != len(args.lr):
+        raise InputError(f'--lr has repeats: {args.lr}')
+    if own is not None and f'{own:g}' in {f'{lr:g}' for lr in args.lr}:
+        raise InputError(f'--lr {own:g} is the config\'s own lr: its arms '
+                         '(base and each --gc) already run it')
     if len(set(args.seeds)) != len(args.seeds):
         raise InputError(f'--seeds has repeats: {args.seeds}')
     # The report reads back only the run folders these name (seed<N>,
@@ -132,6 +177,7 @@ def check(args: argparse.Namespace) -> None:
         if args.only not in names:
             raise InputError(f'--only {args.only} is not a run of this '
                              f'study; its runs: {", ".join(names)}')
+    return own
 
 
 def options(cfg_options: dict) -> list:
@@ -146,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None,
     args = parse_args(argv, prog)
     tool = args.prog
     try:
-        check(args)
+        own_lr = check(args)
     except InputError as e:
         sys.exit(f'{tool}: error: {e}')
     plan = Plan(
@@ -163,15 +209,15 @@ def main(argv: Optional[Sequence[str]] = None,
         for arm, seed in plan.runs():
             print(
                 shlex.join(
-                    tool_command('study', *keep, '--only',
-                                 run_name(arm, seed))))
+                    tool_command('study', *keep, '--only', run_name(arm,
+                                                                    seed))))
         return
     if not args.report_only:
         execute(plan, os.getcwd(), say=lambda line: print(line, flush=True))
     if args.only:
         return
     try:
-        text, _ = write_report(args.work_dir, args.threshold)
+        text, _ = write_report(args.work_dir, args.threshold, config_lr=own_lr)
     except ReportError as e:
         sys.exit(f'{tool}: error: {e}')
     print(text)

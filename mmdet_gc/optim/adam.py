@@ -556,14 +556,13 @@ def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
     ]
 
-    def moments(i: int) -> List[Tensor]:
-        return [exp_avgs[i], exp_avg_sqs[i]] + \
-            ([max_exp_avg_sqs[i]] if amsgrad else [])
-
     module, on_cpu = _fused._module_for(params)
-    if module is None or _fused._shares_written_memory(
-        [([p, *moments(i), state_steps[i]], [g])
-         for i, (p, g) in enumerate(zip(params, grads))]):
+    moment_lists = [exp_avgs, exp_avg_sqs] + \
+        ([max_exp_avg_sqs] if amsgrad else [])
+    if module is None or _fused._shares_written_memory(module, [
+            *params, *(t for lst in moment_lists for t in lst),
+            *(s for s in state_steps if torch.is_tensor(s))
+    ], grads):
         adam_gc(
             *lists,
             centralized,
@@ -579,9 +578,10 @@ def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
     half_ok = _fused._half_safe(lr, weight_decay, lr * weight_decay, eps,
                                 beta1, beta2, 1 - beta1, 1 - beta2,
                                 lr / (1 - beta1))
+    takes = _fused._fused_takes(module, params, grads, *moment_lists)
     kernel = [
-        bool(centralized[i]) and _fused._adam_kernel_takes(
-            params[i], grads[i], moments(i), state_steps[i])
+        bool(centralized[i])
+        and _fused._adam_kernel_takes(params[i], takes[i], state_steps[i])
         and (params[i].dtype != torch.float16 or half_ok)
         for i in range(len(params))
     ]
@@ -594,7 +594,7 @@ def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
     groups: Dict[bool, List[int]] = {}
     for i in rest_idx:
         torch_fused = not centralized[i] and _fused._torch_fused_adam_takes(
-            params[i], grads[i], moments(i), state_steps[i])
+            params[i], takes[i], state_steps[i])
         groups.setdefault(torch_fused, []).append(i)
     for torch_fused, idx in groups.items():
         sub = [_fused._take(lst, idx) if lst else [] for lst in lists]

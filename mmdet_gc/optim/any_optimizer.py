@@ -31,7 +31,10 @@ copy of the weights: row means are linear, so with ``d = p_new - p_old``::
 A step pre-hook records each centralized weight's row means (one number
 per output row), a post-hook subtracts their change: O(rows) memory, two
 reductions and one subtraction per tensor. A step that AMP skips runs
-neither hook, so nothing changes.
+neither hook, so nothing changes. ``gc=dict(on='update', fused=True)``
+does both with the compiled CPU kernels of :mod:`.fused`: the means in one
+call, and after the step one pass per row that reads the new mean and
+subtracts its change from cache.
 """
 from typing import Any, Dict, List, Optional
 
@@ -41,6 +44,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import fused as _fused
 from .base import GCOptimizer, warn_if_flattened
 from .gc import foreach_centralize, is_centralized, row_mean
 
@@ -86,20 +90,56 @@ def centralize_grads_(optimizer: Optimizer) -> None:
 class _UpdateGC:
     """GC on the update of any optimizer, by two step hooks (see the module
     docstring): the row means before the step, their change removed
-    after."""
+    after.
 
-    def __init__(self) -> None:
+    With ``fused``, the CPU weights the compiled kernels take
+    (:mod:`.fused`: contiguous, of a floating dtype, no two sharing memory)
+    are done in one call each: the means, then one pass per row that reads
+    the new mean and subtracts its change from cache. The others, and all
+    of them where the kernels cannot be built, take torch's ops.
+    """
+
+    def __init__(self, fused: bool = False) -> None:
+        self.fused = fused
         self.before: Dict[Tensor, Tensor] = {}
+        self.module: Any = None
+        self.kernel: List[Tensor] = []  # the weights the kernels take
+        self.kernel_before: List[Tensor] = []
+
+    def _split(self, params: List[Tensor]) -> List[Tensor]:
+        """The weights this step gives the compiled kernels (None of them
+        without ``fused`` or a module)."""
+        self.module = None
+        cpu = [p for p in params if p.device.type == 'cpu']
+        if not (self.fused and cpu):
+            return []
+        module = _fused.module_or_log('GC on the update with fused=True',
+                                      "torch's ops")
+        if module is None:
+            return []
+        takes = _fused._fused_takes(module, cpu)
+        kernel = [p for p, t in zip(cpu, takes) if _fused._kernel_takes(p, t)]
+        if _fused._shares_written_memory(module, kernel, []):
+            return []  # in order, one weight after the other: torch's ops
+        self.module = module
+        return kernel
 
     @torch.no_grad()
     def record(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self.before = {p: row_mean(p) for p in _centralized_params(optimizer)}
+        params = _centralized_params(optimizer)
+        self.kernel = self._split(params)
+        self.kernel_before = self.module.row_means(
+            self.kernel) if self.kernel else []
+        taken = set(self.kernel)
+        self.before = {p: row_mean(p) for p in params if p not in taken}
 
     @torch.no_grad()
     def restore(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self.kernel:
+            self.module.restore_row_means_(self.kernel, self.kernel_before)
         for p, mean in self.before.items():
             p.sub_(row_mean(p).sub_(mean))
-        self.before = {}
+        self.before, self.kernel, self.kernel_before = {}, [], []
 
 
 class _Handles:
@@ -115,7 +155,8 @@ class _Handles:
 
 def attach_gc(optimizer: Optimizer,
               conv_only: bool = False,
-              on: str = 'grad') -> Any:
+              on: str = 'grad',
+              fused: bool = False) -> Any:
     """Add GC to ``optimizer``: on its gradients before every step, or on
     its whole update.
 
@@ -127,11 +168,19 @@ def attach_gc(optimizer: Optimizer,
         on (str): ``'grad'`` (centralize ``p.grad`` in place before the
             step) or ``'update'`` (centralize the step's change of each
             weight, keeping its row means). Defaults to ``'grad'``.
+        fused (bool): With ``on='update'``, take the row means and remove
+            their change with the compiled CPU kernels (built on first use,
+            as for ``fused=True`` optimizers): one pass per row after the
+            step instead of two. The same results but for the last bits of
+            each row mean. Defaults to False.
 
     Returns:
         A handle whose ``.remove()`` detaches GC.
     """
     check_gc_mode(on)
+    if fused and on != 'update':
+        raise ValueError("fused=True is for GC on='update' (on='grad' "
+                         'centralizes the gradients with torch\'s ops)')
     if isinstance(optimizer, GCOptimizer):
         raise TypeError(
             f'{type(optimizer).__name__} applies GC itself; adding GC on '
@@ -144,7 +193,7 @@ def attach_gc(optimizer: Optimizer,
     if on == 'grad':
         return optimizer.register_step_pre_hook(
             lambda opt, args, kwargs: centralize_grads_(opt))
-    gc = _UpdateGC()
+    gc = _UpdateGC(bool(fused))
     return _Handles(
         optimizer.register_step_pre_hook(gc.record),
         optimizer.register_step_post_hook(gc.restore))
@@ -154,9 +203,10 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """MMEngine's default constructor plus GC on any optimizer.
 
     Takes one extra key in ``optim_wrapper``: ``gc=dict(conv_only=False,
-    on='grad')`` (``on='update'``: GC on the optimizer's update, see
-    :func:`attach_gc`). Per-layer control comes through ``paramwise_cfg``,
-    e.g. ``custom_keys={'rpn_head': dict(gc=False)}``.
+    on='grad')`` (``on='update'``: GC on the optimizer's update, and
+    ``fused=True`` for its compiled CPU kernels, see :func:`attach_gc`).
+    Per-layer control comes through ``paramwise_cfg``, e.g.
+    ``custom_keys={'rpn_head': dict(gc=False)}``.
 
     Args:
         optim_wrapper_cfg (dict): The ``optim_wrapper`` config.
@@ -168,17 +218,22 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                  paramwise_cfg: Optional[Dict] = None) -> None:
         optim_wrapper_cfg = optim_wrapper_cfg.copy()
         gc_cfg = dict(optim_wrapper_cfg.pop('gc', None) or {})
-        unknown = set(gc_cfg) - {'conv_only', 'on'}
+        unknown = set(gc_cfg) - {'conv_only', 'on', 'fused'}
         if unknown:
             raise ValueError(f'unknown key(s) {sorted(unknown)} in '
-                             "optim_wrapper.gc; the keys are 'conv_only' "
-                             "and 'on'")
+                             "optim_wrapper.gc; the keys are 'conv_only', "
+                             "'on' and 'fused'")
         self.gc_conv_only = bool(gc_cfg.get('conv_only', False))
         self.gc_on = gc_cfg.get('on', 'grad')
+        self.gc_fused = bool(gc_cfg.get('fused', False))
         check_gc_mode(self.gc_on)  # before any model is built
+        if self.gc_fused and self.gc_on != 'update':
+            raise ValueError("optim_wrapper.gc: fused=True is for "
+                             "on='update'")
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
-        attach_gc(optim_wrapper.optimizer, self.gc_conv_only, self.gc_on)
+        attach_gc(optim_wrapper.optimizer, self.gc_conv_only, self.gc_on,
+                  self.gc_fused)
         return optim_wrapper

@@ -53,7 +53,8 @@ _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc')
 
 _SOURCES = [
     os.path.join(_CSRC, name)
-    for name in ('sgd_gc_fused.cpp', 'adam_gc_fused.cpp')
+    for name in ('sgd_gc_fused.cpp', 'adam_gc_fused.cpp',
+                 'update_gc_fused.cpp')
 ]
 
 # Included by the sources: hashed with them, so that an edit rebuilds.
@@ -65,7 +66,7 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _state: Dict[str, Any] = dict(tried=False, module=None, reason=None)
 
 # The reasons already logged (one line each per process).
-_logged: Set[str] = set()
+_logged: Set[Tuple[str, str]] = set()
 
 _lock = threading.Lock()
 
@@ -187,14 +188,23 @@ def fused_available() -> bool:
     return fused_unavailable_reason() is None
 
 
-def _log_once(reason: str, fallback: str) -> None:
-    if reason in _logged:
+def module_or_log(what: str, fallback: str) -> Optional[Any]:
+    """The compiled module for CPU tensors, or None, with one line per
+    reason and process that says ``what`` runs ``fallback`` instead."""
+    module = _module()
+    if module is None:
+        _log_once(fused_unavailable_reason() or 'not built', fallback, what)
+    return module
+
+
+def _log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
+    if (reason, what) in _logged:
         return
-    _logged.add(reason)
+    _logged.add((reason, what))
     from mmengine.logging import print_log
     print_log(
         f'mmdet_gc: fused GC kernels unavailable ({reason}); '
-        f'fused=True runs {fallback} instead',
+        f'{what} runs {fallback} instead',
         logger='current',
         level=logging.WARNING)
 
@@ -218,43 +228,36 @@ def _module_for(params: Sequence[Tensor]) -> Tuple[Optional[Any], bool]:
     return module, on_cpu
 
 
-def _span(t: Tensor) -> Tuple[int, int]:
-    """The bytes a tensor may touch: exactly for a contiguous one, its
-    whole storage otherwise."""
-    if t.is_contiguous():
-        start = t.data_ptr()
-        return start, start + t.numel() * t.element_size()
-    storage = t.untyped_storage()
-    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+#: What a state entry that is no tensor (e.g. a number loaded into
+#: ``momentum_buffer``) counts as: a tensor no kernel takes, so that the
+#: specification handles it (and says what is wrong).
+_NOT_A_TENSOR = torch.empty(0, dtype=torch.bool)
 
 
-def _shares_written_memory(
-    entries: Sequence[Tuple[Sequence[Optional[Tensor]], Sequence[Tensor]]]
-) -> bool:
-    """Whether a tensor the step writes overlaps the memory of any other
-    tensor of the step (``entries``: per parameter, the tensors its step
-    writes and those it reads).
+def _tensors(values: Sequence[Any]) -> List[Optional[Tensor]]:
+    """``values`` for the compiled checks: tensors and None as they are,
+    anything else as :data:`_NOT_A_TENSOR`."""
+    return [
+        v if v is None or isinstance(v, Tensor) else _NOT_A_TENSOR
+        for v in values
+    ]
+
+
+def _shares_written_memory(module: Any, written: Sequence[Optional[Tensor]],
+                           read: Sequence[Tensor]) -> bool:
+    """Whether a tensor the step writes (``written``: parameters and state)
+    overlaps the memory of any other tensor of the step (``written`` or
+    ``read``: the gradients); one call of the compiled module.
 
     The kernels read each row before they write it and update the rows of
     all parameters in parallel, the specification one tensor after the
     other; where tensors share memory (a gradient that is its parameter or
     another one, views of one tensor) the order matters, so such a step
     runs the specification. Tensors that are only read, or that share a
-    storage without overlapping (DDP's bucket views), do not count.
+    storage without overlapping (DDP's bucket views), do not count; a
+    contiguous tensor spans its bytes, any other its whole storage.
     """
-    spans = []
-    for written, read in entries:
-        for t, w in [(t, True) for t in written] + [(t, False) for t in read]:
-            if t is not None and t.layout == torch.strided and t.numel():
-                spans.append((*_span(t), len(spans), w))
-    spans.sort(key=lambda s: s[:2])
-    active: List[Tuple[int, bool]] = []
-    for start, end, _, w in spans:
-        active = [a for a in active if a[0] > start]
-        if any(w or aw for _, aw in active):
-            return True
-        active.append((end, w))
-    return False
+    return module.shares_written_memory(_tensors(written), _tensors(read))
 
 
 def _half_safe(*values: float) -> bool:
@@ -283,36 +286,32 @@ def _reads_as_values(t: Any) -> bool:
             and t.is_contiguous() and not t.is_neg() and not t.is_conj())
 
 
-def _fused_takes(p: Tensor, others: Sequence[Optional[Tensor]]) -> bool:
-    """Whether a fused kernel may take ``p`` with ``others`` (its gradient
-    and state; None: made by the kernel): every one reads as values
-    (:func:`_reads_as_values`), with the shape, dtype and device of ``p``.
-    Memory they share: :func:`_shares_written_memory`."""
-    return _reads_as_values(p) and all(
-        t is None or (_reads_as_values(t) and t.dtype == p.dtype
-                      and t.shape == p.shape and t.device == p.device)
-        for t in others)
+def _fused_takes(module: Any, params: Sequence[Tensor], *others:
+                 Sequence[Optional[Tensor]]) -> List[bool]:
+    """Per parameter, whether a fused kernel may take it with its tensors
+    in ``others`` (its gradient and state; None: made by the kernel): every
+    one reads as values (:func:`_reads_as_values`), with the shape, dtype
+    and device of the parameter. One call of the compiled module for the
+    whole step. Memory they share: :func:`_shares_written_memory`."""
+    return module.fused_takes(list(params), [_tensors(o) for o in others])
 
 
-def _kernel_takes(p: Tensor, g: Tensor,
-                  state: Sequence[Optional[Tensor]]) -> bool:
+def _kernel_takes(p: Tensor, takes: bool) -> bool:
     """Whether a C++ kernel handles this centralized tensor: of a supported
-    dtype, with rows, and :func:`_fused_takes` with its gradient and
-    state."""
-    return (p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
-            and _fused_takes(p, (g, *state)))
+    dtype, with rows, and taken with its gradient and state
+    (``takes``: :func:`_fused_takes`)."""
+    return takes and p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
 
 
-def _torch_fused_takes(p: Tensor, g: Tensor, buf: Optional[Tensor]) -> bool:
-    """Whether torch's fused SGD kernel handles this plain tensor
-    (:func:`_fused_takes` with its gradient and buffer).
+def _torch_fused_takes(p: Tensor, takes: bool) -> bool:
+    """Whether torch's fused SGD kernel handles this plain tensor, taken
+    with its gradient and buffer (``takes``: :func:`_fused_takes`).
 
     float32 / float64 only: torch 2.13's CPU kernel leaves float16 and
     bfloat16 parameters unchanged (but for a few tail elements), so those
     take torch's single-tensor kernel.
     """
-    return (p.dtype in (torch.float32, torch.float64)
-            and _fused_takes(p, (g, buf)))
+    return takes and p.dtype in (torch.float32, torch.float64)
 
 
 def _mul_(tensors: List[Tensor], scale: float) -> None:
@@ -331,23 +330,20 @@ def _take(lst: Sequence, idx: Sequence[int]) -> list:
     return [lst[i] for i in idx]
 
 
-def _adam_kernel_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
-                       step: Tensor) -> bool:
+def _adam_kernel_takes(p: Tensor, takes: bool, step: Any) -> bool:
     """:func:`_kernel_takes` with the moments as state, and a float CPU
     step count that reads as values."""
-    return (_kernel_takes(p, g, moments) and _reads_as_values(step)
+    return (_kernel_takes(p, takes) and _reads_as_values(step)
             and step.device.type == 'cpu' and step.numel() == 1
             and step.dtype in (torch.float32, torch.float64))
 
 
-def _torch_fused_adam_takes(p: Tensor, g: Tensor, moments: Sequence[Tensor],
-                            step: Tensor) -> bool:
-    """Whether torch's fused Adam kernel handles this plain tensor
-    (:func:`_fused_takes` with its gradient and moments, and a step count
-    that reads as values); real floating dtypes: torch 2.13's CPU kernel
-    updates all four correctly."""
-    return (p.dtype in _DTYPES and _fused_takes(p, (g, *moments))
-            and _reads_as_values(step))
+def _torch_fused_adam_takes(p: Tensor, takes: bool, step: Any) -> bool:
+    """Whether torch's fused Adam kernel handles this plain tensor, taken
+    with its gradient and moments (``takes``: :func:`_fused_takes`), with a
+    step count that reads as values; real floating dtypes: torch 2.13's CPU
+    kernel updates all four correctly."""
+    return takes and p.dtype in _DTYPES and _reads_as_values(step)
 
 
 def use_fused(fused: Optional[bool], foreach: Optional[bool]) -> bool:

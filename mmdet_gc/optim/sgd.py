@@ -421,7 +421,7 @@ def fused_sgd_gc(params: List[Tensor],
         bufs = momentum_buffer_list
     module, on_cpu = _fused._module_for(params)
     if module is None or _fused._shares_written_memory(
-        [([p, b], [g]) for p, g, b in zip(params, grads, bufs)]):
+            module, [*params, *bufs], grads):
         if scale != 1.:
             _fused._mul_(params, scale)
         sgd_gc(
@@ -434,10 +434,11 @@ def fused_sgd_gc(params: List[Tensor],
         return
 
     half_ok = _fused._half_safe(weight_decay, momentum, lr, 1 - dampening)
+    takes = _fused._fused_takes(module, params, grads, bufs)
     kernel = [
-        bool(c) and _fused._kernel_takes(p, g, [b])
+        bool(c) and _fused._kernel_takes(p, t)
         and (p.dtype != torch.float16 or half_ok)
-        for p, g, b, c in zip(params, grads, bufs, centralized)
+        for p, t, c in zip(params, takes, centralized)
     ]
     (k_idx, (k_params, k_grads,
              k_bufs)), (rest_idx, _) = partition(kernel, params, grads, bufs)
@@ -459,7 +460,7 @@ def fused_sgd_gc(params: List[Tensor],
     for i in rest_idx:
         if centralized[i]:
             key = 'gc'
-        elif _fused._torch_fused_takes(params[i], grads[i], bufs[i]):
+        elif _fused._torch_fused_takes(params[i], takes[i]):
             key = 'fused_new' if bufs[i] is None else 'fused'
         else:
             key = 'plain'

@@ -14,6 +14,7 @@ offsets (``shift0`` is the plain test); ``row_mean_drift.json`` (from
 :class:`~mmdet_gc.engine.hooks.RowMeanDriftHook`) the drift of the weight
 row means; ``train.done`` / ``train.failed`` mark how training ended.
 """
+import math
 import os
 import os.path as osp
 import re
@@ -28,6 +29,8 @@ from .report import Skips
 
 #: A run's folder, as :func:`run_dir` names it.
 SEED_DIR = re.compile(r'seed(0|[1-9][0-9]*)')
+#: An arm at a learning rate of its own, as :attr:`Arm.name` spells it.
+ARM_LR = re.compile(r'(.+)_lr([^_]+)')
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,30 @@ class Arm:
     lr: Optional[float] = None
 
     @property
+    def family(self) -> str:
+        """``base`` or the GC optimizer's name: the arm at any lr."""
+        return self.gc or 'base'
+
+    @property
     def name(self) -> str:
-        base = self.gc or 'base'
-        return base if self.lr is None else f'{base}_lr{self.lr:g}'
+        return self.family if self.lr is None else \
+            f'{self.family}_lr{self.lr:g}'
+
+    @classmethod
+    def from_name(cls, name: str) -> 'Arm':
+        """The arm that :attr:`name` names: ``base``, ``SGD_GC``,
+        ``SGD_GC_lr0.08``; any other folder name is an arm at the config's
+        lr."""
+        match = ARM_LR.fullmatch(name)
+        family, lr = name, None
+        if match:
+            try:
+                value = float(match.group(2))
+            except ValueError:
+                value = math.nan
+            if 0 < value < math.inf and f'{value:g}' == match.group(2):
+                family, lr = match.group(1), value
+        return cls(None if family == 'base' else family, lr)
 
 
 def make_arms(gc: Sequence[str], lrs: Sequence[float] = ()) -> List[Arm]:
@@ -87,12 +111,13 @@ def tool_command(command: str, *args: str) -> List[str]:
     return [sys.executable, '-m', 'mmdet_gc', command, *args]
 
 
-def train_command(config: str,
-                  work: str,
-                  arm: Arm,
-                  seed: int,
-                  launcher: str = 'none',
-                  options: Sequence[str] = ()) -> List[str]:
+def train_command(
+    config: str,
+    work: str,
+    arm: Arm,
+    seed: int,
+    launcher: str = 'none',
+    options: Sequence[str] = ()) -> List[str]:
     """``mmdet-gc train`` for one run; ``--resume`` when it was
     interrupted (a checkpoint but no ``train.done``)."""
     run = run_dir(work, arm, seed)
@@ -112,13 +137,16 @@ def train_command(config: str,
 def test_command(config: str,
                  run: str,
                  shift: float,
-                 options: Sequence[str] = ()) -> List[str]:
+                 options: Sequence[str] = (),
+                 launcher: str = 'none') -> List[str]:
     """``mmdet-gc test`` of a run's final checkpoint under one offset."""
     ckpt = _last_checkpoint(run) or osp.join(run, 'CHECKPOINT')
     cmd = tool_command('test', config, ckpt, '--work-dir',
                        shift_dir(run, shift))
     if shift:
         cmd += ['--intensity-shift', f'{shift:g}']
+    if launcher != 'none':
+        cmd += ['--launcher', launcher]
     return cmd + (['--cfg-options', *options] if options else [])
 
 
@@ -148,7 +176,8 @@ class Plan:
                              self.options)
 
     def test(self, run: str, shift: float) -> List[str]:
-        return test_command(self.config, run, shift, self.options)
+        return test_command(self.config, run, shift, self.options,
+                            self.launcher)
 
 
 def _run(cmd: List[str], log: str, cwd: str) -> int:

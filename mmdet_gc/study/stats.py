@@ -16,9 +16,9 @@ from typing import (IO, Any, Callable, Dict, List, Optional, Sequence, Tuple,
                     Union)
 
 from ..engine.hooks.row_mean_drift_hook import DRIFT_FILE
-from .plan import SEED_DIR
+from .plan import ARM_LR, SEED_DIR, Arm
 from .report import (HEADERS, METRICS, ReportError, Skips, as_count, as_real,
-                     bad_count, read_json, read_run)
+                     bad_count, read_json, read_run, warn)
 
 
 def paired_stats(base: Sequence[float],
@@ -123,8 +123,14 @@ def _listdir(path: str, skips: Skips) -> List[str]:
 
 
 def _arm(name: str) -> Optional[str]:
-    """``name`` if it can name an arm: a row of the tables, text only."""
-    return name if name.isprintable() else None
+    """``name`` if it can name an arm: a row of the tables, text only, and
+    an lr spelt as the study spells it where it names one
+    (``SGD_GC_lr0.08``, not ``SGD_GC_lr0.080``)."""
+    if not name.isprintable():
+        return None
+    if ARM_LR.fullmatch(name) and Arm.from_name(name).lr is None:
+        return None
+    return name
 
 
 def _seed(name: str) -> Optional[int]:
@@ -208,7 +214,8 @@ def read_study(work: str, threshold: float = 0.) -> List[RunResult]:
     if not osp.isdir(work):
         raise ReportError(f'{work}: no such study work dir')
     out = []
-    for arm, _ in _subdirs(work, '', _arm, 'printable text'):
+    for arm, _ in _subdirs(work, '', _arm,
+                           'printable text, an lr as ARM_lr<LR> spells it'):
         arm_dir = osp.join(work, arm)
         for name, seed in _subdirs(arm_dir, 'seed', _seed,
                                    'seed<N>, N an integer >= 0'):
@@ -219,13 +226,28 @@ def read_study(work: str, threshold: float = 0.) -> List[RunResult]:
     return out
 
 
-def summarize(results: List[RunResult], base: str = 'base') -> dict:
+def partner(arm: str, base: str = 'base') -> str:
+    """The arm that ``arm`` pairs with: ``base`` at the same lr."""
+    lr = Arm.from_name(arm).lr
+    return base if lr is None else f'{base}_lr{lr:g}'
+
+
+def summarize(results: List[RunResult],
+              base: str = 'base',
+              config_lr: Optional[float] = None) -> dict:
     """Per arm: mean and std of every metric, status counts, the shift
     curve and the drift; per other arm and metric: :func:`paired_stats`
-    against ``base`` over the seeds both have."""
-    arms = sorted({r.arm for r in results}, key=lambda a: (a != base, a))
+    against ``base`` at the same lr (:func:`partner`) over the seeds both
+    have; over more than one lr, the :func:`sweep` (``config_lr``: the lr
+    of the arms without one of their own)."""
+
+    def order(arm: str) -> tuple:  # by lr (the config's first), base first
+        parsed = Arm.from_name(arm)
+        return parsed.lr or 0, parsed.family != base, arm
+
+    arms = sorted({r.arm for r in results}, key=order)
     by = {(r.arm, r.seed): r for r in results}
-    out = dict(base=base, arms={}, paired={})
+    out = dict(base=base, arms={}, paired={}, pairs={})
     for arm in arms:
         runs = [r for r in results if r.arm == arm]
         stats = {}
@@ -254,19 +276,133 @@ def summarize(results: List[RunResult], base: str = 'base') -> dict:
             metrics=stats,
             shift_bbox_mAP=shift,
             max_row_mean_drift=drift)
-        seeds = sorted(r.seed for r in runs if (base, r.seed) in by)
-        if arm == base or not seeds:
+        other = partner(arm, base)
+        seeds = sorted(r.seed for r in runs if (other, r.seed) in by)
+        if arm == other or not seeds:
             continue
+        out['pairs'][arm] = other
         out['paired'][arm] = {}
         for m in METRICS:
             both = [
-                s for s in seeds if by[(base, s)].metrics.get(m, -1) >= 0
-                and by[(arm, s)].metrics.get(m, -1) >= 0
+                s for s in seeds
+                if by[(other, s)].metrics.get(m, -1) >= 0 and by[(
+                    arm, s)].metrics.get(m, -1) >= 0
             ]
             if both:
                 out['paired'][arm][m] = paired_stats(
-                    [by[(base, s)].metrics[m] for s in both],
+                    [by[(other, s)].metrics[m] for s in both],
                     [by[(arm, s)].metrics[m] for s in both])
+    out['sweep'] = sweep(results, out, base, config_lr)
+    return out
+
+
+#: The two metrics of the sweep: box and mask AP.
+SWEEP_METRICS = dict(box='coco/bbox_mAP', mask='coco/segm_mAP')
+
+
+def sweep(results: List[RunResult],
+          summary: dict,
+          base: str = 'base',
+          config_lr: Optional[float] = None) -> Optional[dict]:
+    """A learning-rate sweep: each arm (``base``, each GC optimizer) at
+    every lr it ran.
+
+    Per arm and lr: runs, collapsed runs (diverged or failed) and box /
+    mask AP mean ± std over every seed (mask AP where the study has it);
+    per GC arm and lr, the paired difference to ``base`` at that lr (box
+    and mask AP over every seed, and box AP over the seeds where both
+    trained), with its 95% interval; per arm, the largest lr up to which it
+    trained on every seed of the study (``stable``: at that lr and at each
+    smaller one it ran, all the seeds, none collapsed).
+
+    Returns:
+        dict | None: None where the study ran one lr only.
+    """
+    cells: Dict[Tuple[str, str], str] = {}  # (family, lr as named) -> arm
+    for arm in summary['arms']:
+        parsed = Arm.from_name(arm)
+        lr = parsed.lr if parsed.lr is not None else config_lr
+        if lr is None:
+            continue
+        key = (parsed.family, f'{lr:g}')
+        if key in cells:
+            warn(f'arms {cells[key]} and {arm} both ran {parsed.family} at '
+                 f'lr {key[1]}: the sweep shows {cells[key]}')
+            continue
+        cells[key] = arm
+    lrs = sorted({lr for _, lr in cells}, key=float)
+    if len(lrs) < 2:
+        return None
+    families = sorted({f for f, _ in cells}, key=lambda f: (f != base, f))
+    by = {(r.arm, r.seed): r for r in results}
+    seeds = sorted({r.seed for r in results})
+    # A box-only study has no mask AP: a failed run's zeros are no AP.
+    metrics = {
+        k: m
+        for k, m in SWEEP_METRICS.items()
+        if any(r.status != 'failed' and m in r.metrics for r in results)
+    }
+    out = dict(
+        config_lr=config_lr,
+        lrs=[float(lr) for lr in lrs],
+        seeds=len(seeds),
+        arms={},
+        paired={},
+        stable={})
+    for family in families:
+        cols = out['arms'][family] = {}
+        for lr in lrs:
+            arm = cells.get((family, lr))
+            if arm is None:
+                continue
+            s = summary['arms'][arm]
+            cols[lr] = dict(
+                arm=arm,
+                n=len(s['seeds']),
+                collapsed=s['diverged'] + s['failed'],
+                **{
+                    k:
+                    s['metrics'][m] if k in metrics else dict(
+                        mean=math.nan, std=math.nan, n=0)
+                    for k, m in SWEEP_METRICS.items()
+                })
+        stable = None
+        for lr, c in cols.items():  # in lr order
+            if c['collapsed'] or c['n'] < len(seeds):
+                break
+            stable = float(lr)
+        out['stable'][family] = stable
+        if family == base or base not in families:
+            continue
+        out['paired'][family] = {}
+        for lr in lrs:
+            arm, other = cells.get((family, lr)), cells.get((base, lr))
+            if arm is None or other is None:
+                continue
+            both = sorted(r.seed for r in results
+                          if r.arm == arm and (other, r.seed) in by)
+            pair = {}
+            for key, m in metrics.items():
+                have = [
+                    s for s in both
+                    if by[(other, s)].metrics.get(m, -1) >= 0 and by[(
+                        arm, s)].metrics.get(m, -1) >= 0
+                ]
+                if have:
+                    pair[key] = paired_stats(
+                        [by[(other, s)].metrics[m] for s in have],
+                        [by[(arm, s)].metrics[m] for s in have])
+            trained = [
+                s for s in both
+                if by[(other, s)].status == 'ok' and by[(arm,
+                                                         s)].status == 'ok'
+            ]
+            if trained and 'box' in metrics:
+                m = SWEEP_METRICS['box']
+                pair['box_trained'] = paired_stats(
+                    [by[(other, s)].metrics[m] for s in trained],
+                    [by[(arm, s)].metrics[m] for s in trained])
+            out['paired'][family][lr] = pair
     return out
 
 
@@ -302,8 +438,8 @@ def study_markdown(summary: dict) -> str:
         if not paired:  # no metric that both arms computed (all -1)
             continue
         out += [
-            '', f'Paired difference {arm} - {summary["base"]} (AP points, '
-            f'{next(iter(paired.values()))["n"]} seeds):', '',
+            '', f'Paired difference {arm} - {summary["pairs"][arm]} (AP '
+            f'points, {next(iter(paired.values()))["n"]} seeds):', '',
             '| metric | mean | 95% CI | p (paired t) |', '|---|---|---|---|'
         ]
         for m, st in paired.items():
@@ -326,6 +462,8 @@ def study_markdown(summary: dict) -> str:
             out.append(f'| {arm} | ' + ' | '.join(
                 _pct(s['shift_bbox_mAP'].get(f'{o:g}', math.nan))
                 for o in offsets) + ' |')
+    if summary.get('sweep'):
+        out += ['', *sweep_markdown(summary['sweep'], summary['base'])]
     if any(s['max_row_mean_drift'] for s in summary['arms'].values()):
         out += [
             '', 'Largest drift of a weight row mean from its initial '
@@ -338,6 +476,132 @@ def study_markdown(summary: dict) -> str:
                        ' | '.join(f'{d[k]:.2e}' if k in d else '-'
                                   for k in ('conv', 'fc')) + ' |')
     return '\n'.join(out)
+
+
+def _interval(st: Optional[dict]) -> str:
+    """``+1.2 [-0.3, +2.7]`` in AP points, or ``-``."""
+    if not st:
+        return '-'
+    return (f'{_pct(st["mean"], True)} [{_pct(st["ci_low"], True)}, '
+            f'{_pct(st["ci_high"], True)}]')
+
+
+def sweep_markdown(sweep: dict, base: str = 'base') -> List[str]:
+    """The learning-rate sweep: per lr and arm, collapsed runs and box /
+    mask AP; per lr, the paired GC - base differences; per arm, the largest
+    lr up to which every seed trained."""
+    families = list(sweep['arms'])
+    head = ['lr'] + [
+        f'{f}: {h}' for f in families
+        for h in ('collapsed', 'box AP', 'mask AP')
+    ]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+
+    def ap(st):
+        return '-' if not st['n'] else \
+            f'{_pct(st["mean"])} ± {_pct(st["std"])}'
+
+    for lr in (f'{x:g}' for x in sweep['lrs']):
+        cells = [lr]
+        for f in families:
+            c = sweep['arms'][f].get(lr)
+            cells += ['-'] * 3 if c is None else [
+                f'{c["collapsed"]} of {c["n"]}',
+                ap(c['box']),
+                ap(c['mask'])
+            ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    config = sweep['config_lr']
+    out = [
+        'Learning-rate sweep' +
+        (f' (the config\'s own lr: {config:g})' if config is not None else '')
+        + ': collapsed runs (diverged or failed) of the seeds run; COCO AP '
+        '(%), mean ± std over every seed, collapsed runs included.', ''
+    ] + lines
+    for family, per_lr in sweep['paired'].items():
+        out += [
+            '', f'Paired difference {family} - {base} at each lr (AP '
+            'points, 95% t interval): over every seed, and box AP over the '
+            'seeds where both trained.', '',
+            '| lr | box AP | mask AP | box AP, both trained | seeds |',
+            '|---|---|---|---|---|'
+        ]
+        for lr, pair in per_lr.items():
+            trained = pair.get('box_trained')
+            n = next(iter(pair.values()))['n'] if pair else 0
+            out.append(f'| {lr} | {_interval(pair.get("box"))} | '
+                       f'{_interval(pair.get("mask"))} | '
+                       f'{_interval(trained)} | '
+                       f'{n} ({trained["n"] if trained else 0} both '
+                       'trained) |')
+    stable = ', '.join(f'{f} {"none" if lr is None else f"{lr:g}"}'
+                       for f, lr in sweep['stable'].items())
+    out += [
+        '', f'Largest lr up to which every one of the {sweep["seeds"]} '
+        'seeds trained (at it and at every smaller lr run): ' + stable +
+        ' (of ' + ', '.join(f'{x:g}' for x in sweep['lrs']) + ').'
+    ]
+    return out
+
+
+def plot_sweep(results: List[RunResult], sweep: dict,
+               path: Union[str, IO[bytes]]) -> None:
+    """Collapse rate, box AP and mask AP against lr (log scale), one colour
+    per arm; every seed a dot (a cross where it collapsed), the mean a
+    line."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    families = list(sweep['arms'])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for i, family in enumerate(families):
+        colour = f'C{i}'
+        # Side by side at each lr: the arms' dots do not hide each other.
+        nudge = 1 + 0.04 * (i - (len(families) - 1) / 2)
+        cells = sweep['arms'][family]
+        lrs = [float(lr) for lr in cells]
+        axes[0].plot(
+            lrs, [c['collapsed'] / c['n'] for c in cells.values()],
+            'o-',
+            color=colour,
+            label=family)
+        for ax, (key, metric) in zip(axes[1:], SWEEP_METRICS.items()):
+            for collapsed, marker in ((False, 'o'), (True, 'x')):
+                pts = [(float(lr) * nudge, 100 * r.metrics[metric])
+                       for lr, c in cells.items() for r in results
+                       if r.arm == c['arm'] and c[key]['n'] and r.metrics.get(
+                           metric, -1) >= 0 and (r.status != 'ok') == collapsed
+                       ]
+                if pts:
+                    ax.scatter(
+                        *zip(*pts),
+                        color=colour,
+                        alpha=0.6,
+                        s=20,
+                        marker=marker)
+            means = [(float(lr), 100 * c[key]['mean'])
+                     for lr, c in cells.items() if c[key]['n']]
+            if means:
+                ax.plot(*zip(*means), '-', color=colour, label=family)
+    axes[0].set(
+        title='collapsed runs (diverged or failed)',
+        ylabel='fraction of seeds',
+        ylim=(-0.05, 1.05))
+    for ax, task in zip(axes[1:], ('box', 'mask')):
+        ax.set(
+            title=f'{task} AP (every seed, x: collapsed; line: mean)',
+            ylabel='AP (%)')
+    for ax in axes:
+        ax.set_xscale('log')
+        ax.set_xticks(sweep['lrs'])
+        ax.set_xticklabels([f'{x:g}' for x in sweep['lrs']])
+        ax.minorticks_off()
+        ax.set_xlabel('learning rate')
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format='png')
+    plt.close(fig)
 
 
 def plot_study(results: List[RunResult], summary: dict,
@@ -407,15 +671,18 @@ def plot_study(results: List[RunResult], summary: dict,
 
 def write_report(work: str,
                  threshold: float = 0.,
-                 base: str = 'base') -> Tuple[str, dict]:
+                 base: str = 'base',
+                 config_lr: Optional[float] = None) -> Tuple[str, dict]:
     """Read a study, write ``report.md``, ``report.json`` and
-    ``report.png`` into ``work``; return the markdown and the summary.
+    ``report.png`` into ``work`` (and ``report_lr.png`` for a sweep over
+    learning rates, ``config_lr`` being the lr of the arms without one of
+    their own); return the markdown and the summary.
 
     Raises:
         ReportError: No runs, or a report file cannot be written.
     """
     results = read_study(work, threshold)
-    summary = summarize(results, base)
+    summary = summarize(results, base, config_lr)
     summary['threshold'] = threshold
     summary['runs'] = [
         dict(
@@ -438,6 +705,11 @@ def write_report(work: str,
         osp.join(work, 'report.png'),
         lambda f: plot_study(results, summary, f),
         binary=True)
+    if summary['sweep']:
+        _write(
+            osp.join(work, 'report_lr.png'),
+            lambda f: plot_sweep(results, summary['sweep'], f),
+            binary=True)
     return text, summary
 
 

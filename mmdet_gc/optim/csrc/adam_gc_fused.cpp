@@ -57,10 +57,6 @@
 
 #include "gc_fused_common.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define MMDET_GC_ADAM_AVX2 1
-#endif
 
 namespace {
 
@@ -228,7 +224,7 @@ void row_on_grad(const T* g, T* p, T* m, T* v, T* vmax, int64_t n,
   }
 }
 
-#ifdef MMDET_GC_ADAM_AVX2
+#ifdef MMDET_GC_AVX2
 // Rows with AVX2 / FMA: eight elements at a time, in float, with exactly
 // the scalar code's operations (sqrt and division are correctly rounded in
 // SIMD too, FMA where the scalar code calls std::fma, every rounding to the
@@ -236,63 +232,6 @@ void row_on_grad(const T* g, T* p, T* m, T* v, T* vmax, int64_t n,
 // keeps the scalar order: lanes 0-3 and 4-7 of each eight elements are the
 // partial sums acc[0..3] and acc[4..7] in double. The flags are template
 // arguments: the loops carry no branches.
-
-// Loads eight values of dtype T as float, stores them, and rounds floats
-// to T (to nearest even, as c10's conversions do).
-template <typename T>
-struct VecIO;
-
-template <>
-struct VecIO<float> {
-  static __m256 load(const float* x) { return _mm256_loadu_ps(x); }
-  static void store(float* x, __m256 v) { _mm256_storeu_ps(x, v); }
-  static __m256 rnd(__m256 v) { return v; }
-};
-
-template <>
-struct VecIO<c10::Half> {
-  static __m256 load(const c10::Half* x) {
-    return _mm256_cvtph_ps(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-  }
-  static __m128i half(__m256 v) {
-    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  static void store(c10::Half* x, __m256 v) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(x), half(v));
-  }
-  static __m256 rnd(__m256 v) { return _mm256_cvtph_ps(half(v)); }
-};
-
-template <>
-struct VecIO<c10::BFloat16> {
-  static __m256 load(const c10::BFloat16* x) {
-    const __m256i u = _mm256_cvtepu16_epi32(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-  }
-  // The bfloat16 bits in the low half of each 32-bit lane (c10's
-  // round_to_nearest_even: NaN becomes 0x7FC0).
-  static __m256i bits(__m256 v) {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb =
-        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_add_epi32(u, lsb), _mm256_set1_epi32(0x7FFF)),
-        16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
-  }
-  static void store(c10::BFloat16* x, __m256 v) {
-    const __m256i r = bits(v);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(x),
-                     _mm_packus_epi32(_mm256_castsi256_si128(r),
-                                      _mm256_extracti128_si256(r, 1)));
-  }
-  static __m256 rnd(__m256 v) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(bits(v), 16));
-  }
-};
 
 struct VecConsts {
   __m256 l2_alpha, w1, w1m1, beta2, c2, bc2_sqrt, eps, step_size,
@@ -354,17 +293,6 @@ inline __m256 vmoments(__m256 d, T* m, T* v, T* vmax, const VecConsts& c,
   const __m256 root = IO::rnd(_mm256_sqrt_ps(vn));
   return IO::rnd(
       _mm256_add_ps(IO::rnd(_mm256_div_ps(root, c.bc2_sqrt)), c.eps));
-}
-
-inline void vsum(__m256 x, __m256d* lo, __m256d* hi) {
-  *lo = _mm256_add_pd(*lo, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-  *hi = _mm256_add_pd(*hi, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
-}
-
-template <typename T>
-inline void vstore_sum(__m256d lo, __m256d hi, RowSum<T>* s) {
-  _mm256_storeu_pd(s->acc, lo);
-  _mm256_storeu_pd(s->acc + 4, hi);
 }
 
 template <typename T, bool L2, bool NEG, bool AMS, bool DECAY, bool W1_SMALL>
@@ -502,7 +430,7 @@ struct Dispatch {
     }
   }
 };
-#endif  // MMDET_GC_ADAM_AVX2
+#endif  // MMDET_GC_AVX2
 
 template <typename T>
 void adam_rows(const at::Tensor& grad, const at::Tensor& param,
@@ -517,7 +445,7 @@ void adam_rows(const at::Tensor& grad, const at::Tensor& param,
   T* m = exp_avg.data_ptr<T>() + o;
   T* v = exp_avg_sq.data_ptr<T>() + o;
   T* vmax = max_sq.defined() ? max_sq.data_ptr<T>() + o : nullptr;
-#ifdef MMDET_GC_ADAM_AVX2
+#ifdef MMDET_GC_AVX2
   if constexpr (!std::is_same<T, double>::value) {
     const bool flags[5] = {k.l2, k.neg, k.amsgrad, k.decay, k.w1_small};
     Dispatch<T>::run(flags, g, p, m, v, vmax, r1 - r0, n, h.on_update, k);

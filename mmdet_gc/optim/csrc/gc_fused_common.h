@@ -33,6 +33,12 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+// Rows of float, float16 and bfloat16 run eight lanes at a time.
+#define MMDET_GC_AVX2 1
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define MMDET_GC_RESTRICT __restrict__
 #define MMDET_GC_PREFETCH(ptr) __builtin_prefetch((ptr), 1, 3)
@@ -112,6 +118,87 @@ struct RowSum {
 inline bool reads_as_values(const at::Tensor& t) {
   return t.layout() == at::kStrided && t.is_contiguous() && !t.is_neg() &&
       !t.is_conj();
+}
+
+// Whether a fused kernel may take params[i] with others[j][i] for every
+// list j: each reads as values and has the dtype, sizes and device of the
+// parameter (None or undefined: made by the kernel). fused.py calls this
+// once per step for all tensors (a Python loop costs microseconds per
+// tensor, a visible share of a fused step).
+inline std::vector<bool> fused_takes(
+    const std::vector<at::Tensor>& params,
+    const std::vector<std::vector<c10::optional<at::Tensor>>>& others) {
+  std::vector<bool> out(params.size());
+  for (const auto& list : others) {
+    TORCH_CHECK(list.size() == params.size(), "fused_takes: ",
+                params.size(), " params but a list of ", list.size());
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    // An inference tensor is never updated in place outside inference
+    // mode: the specification raises as torch does.
+    bool ok = p.defined() && reads_as_values(p) && !p.is_inference();
+    for (size_t j = 0; ok && j < others.size(); ++j) {
+      const auto& t = others[j][i];
+      if (t.has_value() && t->defined()) {
+        ok = reads_as_values(*t) && !t->is_inference() &&
+            t->scalar_type() == p.scalar_type() && t->sizes() == p.sizes() &&
+            t->device() == p.device();
+      }
+    }
+    out[i] = ok;
+  }
+  return out;
+}
+
+// Whether a tensor of ``written`` overlaps the memory of any other tensor
+// of ``written`` or ``read`` (None, undefined, empty and non-strided
+// tensors do not count). A contiguous tensor spans exactly its bytes, any
+// other its whole storage. See fused.py's shares_written_memory.
+inline bool shares_written_memory(
+    const std::vector<c10::optional<at::Tensor>>& written,
+    const std::vector<c10::optional<at::Tensor>>& read) {
+  struct Span {
+    uintptr_t start, end;
+    bool written;
+    bool operator<(const Span& o) const {
+      return start != o.start ? start < o.start : end < o.end;
+    }
+  };
+  std::vector<Span> spans;
+  spans.reserve(written.size() + read.size());
+  for (const auto* list : {&written, &read}) {
+    for (const auto& t : *list) {
+      if (!t.has_value() || !t->defined() ||
+          t->layout() != at::kStrided || t->numel() == 0) {
+        continue;
+      }
+      uintptr_t start, end;
+      if (t->is_contiguous()) {
+        start = reinterpret_cast<uintptr_t>(t->const_data_ptr());
+        end = start + t->numel() * t->element_size();
+      } else {
+        const auto& storage = t->storage();
+        start = reinterpret_cast<uintptr_t>(storage.data());
+        end = start + storage.nbytes();
+      }
+      spans.push_back({start, end, list == &written});
+    }
+  }
+  std::sort(spans.begin(), spans.end());
+  // In order of their starts, a span overlaps an earlier one exactly when
+  // that one ends after its start.
+  uintptr_t end_any = 0, end_written = 0;
+  for (const Span& s : spans) {
+    if (end_written > s.start || (s.written && end_any > s.start)) {
+      return true;
+    }
+    end_any = std::max(end_any, s.end);
+    if (s.written) {
+      end_written = std::max(end_written, s.end);
+    }
+  }
+  return false;
 }
 
 inline bool supported_dtype(at::ScalarType dtype) {
@@ -201,6 +288,78 @@ class RowTasks {
   std::vector<int64_t> starts_;  // first element of each task, all tensors
   int64_t total_ = 0;
 };
+
+#ifdef MMDET_GC_AVX2
+// Loads eight values of dtype T as float, stores them, and rounds floats
+// to T (to nearest even, as c10's conversions do).
+template <typename T>
+struct VecIO;
+
+template <>
+struct VecIO<float> {
+  static __m256 load(const float* x) { return _mm256_loadu_ps(x); }
+  static void store(float* x, __m256 v) { _mm256_storeu_ps(x, v); }
+  static __m256 rnd(__m256 v) { return v; }
+};
+
+template <>
+struct VecIO<c10::Half> {
+  static __m256 load(const c10::Half* x) {
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+  }
+  static __m128i half(__m256 v) {
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static void store(c10::Half* x, __m256 v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(x), half(v));
+  }
+  static __m256 rnd(__m256 v) { return _mm256_cvtph_ps(half(v)); }
+};
+
+template <>
+struct VecIO<c10::BFloat16> {
+  static __m256 load(const c10::BFloat16* x) {
+    const __m256i u = _mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  // The bfloat16 bits in the low half of each 32-bit lane (c10's
+  // round_to_nearest_even: NaN becomes 0x7FC0).
+  static __m256i bits(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb =
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, lsb), _mm256_set1_epi32(0x7FFF)),
+        16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  }
+  static void store(c10::BFloat16* x, __m256 v) {
+    const __m256i r = bits(v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(x),
+                     _mm_packus_epi32(_mm256_castsi256_si128(r),
+                                      _mm256_extracti128_si256(r, 1)));
+  }
+  static __m256 rnd(__m256 v) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(bits(v), 16));
+  }
+};
+
+// Adds the eight floats of ``x`` to the row sum's partial sums acc[0..3]
+// (``lo``) and acc[4..7] (``hi``), in double: the scalar order exactly.
+inline void vsum(__m256 x, __m256d* lo, __m256d* hi) {
+  *lo = _mm256_add_pd(*lo, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+  *hi = _mm256_add_pd(*hi, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+}
+
+template <typename T>
+inline void vstore_sum(__m256d lo, __m256d hi, RowSum<T>* s) {
+  _mm256_storeu_pd(s->acc, lo);
+  _mm256_storeu_pd(s->acc + 4, hi);
+}
+#endif  // MMDET_GC_AVX2
 
 }  // namespace fused
 }  // namespace mmdet_gc

@@ -33,12 +33,15 @@
 // The Python side (mmdet_gc/fused.py) only passes contiguous CPU tensors of
 // one dtype per parameter and routes everything else elsewhere. The module
 // defined at the end of this file also binds the Adam kernel of
-// adam_gc_fused.cpp (both sources make one extension).
+// adam_gc_fused.cpp and the update-GC kernels of update_gc_fused.cpp (the
+// sources make one extension).
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gc_fused_common.h"
@@ -138,39 +141,143 @@ inline typename OpMath<T>::type row_mean(const T* g, const T* p, int64_t n,
   return s.mean(n);
 }
 
+// The second pass at element i: the new buffer and parameter.
+template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
+inline void update_element(const T* MMDET_GC_RESTRICT g,
+                           T* MMDET_GC_RESTRICT p, T* MMDET_GC_RESTRICT buf,
+                           int64_t i, typename OpMath<T>::type mean,
+                           const Consts<T>& k) {
+  using O = typename OpMath<T>::type;
+  const O d = decayed<T, DECAY == kL2>(g[i], p[i], k);
+  const O c = rnd<T>(NEG ? mean - d : d - mean);
+  O b = c;
+  if (MODE == kUpdate) {
+    b = rnd<T>(fmadd(static_cast<O>(buf[i]), k.mu, c));
+  } else if (MODE == kDamped) {
+    const O b1 = rnd<T>(static_cast<O>(buf[i]) * k.mu_mul);
+    b = rnd<T>(fmadd(c, k.damp, b1));
+  }
+  if (MODE != kNone) {
+    buf[i] = static_cast<T>(b);
+  }
+  const O upd = NEST ? rnd<T>(fmadd(b, k.mu, c)) : b;
+  const O ps = DECAY == kScaled ? rnd<T>(static_cast<O>(p[i]) * k.scale)
+                                : static_cast<O>(p[i]);
+  p[i] = static_cast<T>(fmadd(upd, k.neg_lr, ps));
+}
+
 // Both passes over one row: the mean, then the new buffer and parameter.
 template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
 inline void row_update(const T* MMDET_GC_RESTRICT g, T* MMDET_GC_RESTRICT p,
                        T* MMDET_GC_RESTRICT buf, int64_t n,
                        const Consts<T>& k) {
   using O = typename OpMath<T>::type;
-  constexpr bool WD = DECAY == kL2;
-  const O mean = row_mean<T, WD>(g, p, n, k,
-                                 MODE == kUpdate || MODE == kDamped ? buf
-                                                                    : nullptr);
+  const O mean = row_mean<T, DECAY == kL2>(
+      g, p, n, k, MODE == kUpdate || MODE == kDamped ? buf : nullptr);
   for (int64_t i = 0; i < n; ++i) {
-    const O d = decayed<T, WD>(g[i], p[i], k);
-    const O c = rnd<T>(NEG ? mean - d : d - mean);
-    O b = c;
-    if (MODE == kUpdate) {
-      b = rnd<T>(fmadd(static_cast<O>(buf[i]), k.mu, c));
-    } else if (MODE == kDamped) {
-      const O b1 = rnd<T>(static_cast<O>(buf[i]) * k.mu_mul);
-      b = rnd<T>(fmadd(c, k.damp, b1));
-    }
-    if (MODE != kNone) {
-      buf[i] = static_cast<T>(b);
-    }
-    const O upd = NEST ? rnd<T>(fmadd(b, k.mu, c)) : b;
-    const O ps = DECAY == kScaled ? rnd<T>(static_cast<O>(p[i]) * k.scale)
-                                  : static_cast<O>(p[i]);
-    p[i] = static_cast<T>(fmadd(upd, k.neg_lr, ps));
+    update_element<T, DECAY, NEG, MODE, NEST>(g, p, buf, i, mean, k);
   }
 }
+
+#ifdef MMDET_GC_AVX2
+// row_update with AVX2 / FMA for float, float16 and bfloat16: eight
+// elements at a time, in float, with exactly the scalar code's operations
+// (FMA where it calls fmadd, a rounding to the dtype where it calls rnd),
+// and the row sum in its order (lanes 0-3 and 4-7 of every eight elements
+// are the partial sums acc[0..3] and acc[4..7]): every bit matches it.
+struct VecConsts {
+  __m256 wd, mu, mu_mul, damp, neg_lr, scale;
+  template <typename T>
+  explicit VecConsts(const Consts<T>& k)
+      : wd(_mm256_set1_ps(k.wd)),
+        mu(_mm256_set1_ps(k.mu)),
+        mu_mul(_mm256_set1_ps(k.mu_mul)),
+        damp(_mm256_set1_ps(k.damp)),
+        neg_lr(_mm256_set1_ps(k.neg_lr)),
+        scale(_mm256_set1_ps(k.scale)) {}
+};
+
+// d of eight elements (decayed).
+template <typename T, bool WD>
+inline __m256 vdecayed(const T* g, const T* p, const VecConsts& c) {
+  using IO = VecIO<T>;
+  if (WD) {
+    return IO::rnd(_mm256_fmadd_ps(IO::load(p), c.wd, IO::load(g)));
+  }
+  return IO::load(g);
+}
+
+template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
+inline void row_update_avx2(const T* MMDET_GC_RESTRICT g,
+                            T* MMDET_GC_RESTRICT p, T* MMDET_GC_RESTRICT buf,
+                            int64_t n, const Consts<T>& k,
+                            const VecConsts& c) {
+  using IO = VecIO<T>;
+  constexpr bool WD = DECAY == kL2;
+  constexpr bool READ_BUF = MODE == kUpdate || MODE == kDamped;
+  const int64_t n8 = n - n % 8;
+  // The sum, prefetching the buffer on the way (blocks of 512 elements,
+  // as row_mean).
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  constexpr int64_t kBlock = 512;
+  for (int64_t start = 0; start < n8; start += kBlock) {
+    const int64_t end = std::min(n8, start + kBlock);
+    if (READ_BUF) {
+      for (int64_t l = start; l < end; l += 64 / sizeof(T)) {
+        MMDET_GC_PREFETCH(buf + l);
+      }
+    }
+    for (int64_t i = start; i < end; i += 8) {
+      vsum(vdecayed<T, WD>(g + i, p + i, c), &lo, &hi);
+    }
+  }
+  RowSum<T> s;
+  vstore_sum(lo, hi, &s);
+  for (int64_t i = n8; i < n; ++i) {
+    s.tail += static_cast<double>(decayed<T, WD>(g[i], p[i], k));
+  }
+  const float mean = s.mean(n);
+  const __m256 vmean = _mm256_set1_ps(mean);
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 d = vdecayed<T, WD>(g + i, p + i, c);
+    const __m256 cd =
+        IO::rnd(NEG ? _mm256_sub_ps(vmean, d) : _mm256_sub_ps(d, vmean));
+    __m256 b = cd;
+    if (MODE == kUpdate) {
+      b = IO::rnd(_mm256_fmadd_ps(IO::load(buf + i), c.mu, cd));
+    } else if (MODE == kDamped) {
+      const __m256 b1 = IO::rnd(_mm256_mul_ps(IO::load(buf + i), c.mu_mul));
+      b = IO::rnd(_mm256_fmadd_ps(cd, c.damp, b1));
+    }
+    if (MODE != kNone) {
+      IO::store(buf + i, b);
+    }
+    const __m256 upd = NEST ? IO::rnd(_mm256_fmadd_ps(b, c.mu, cd)) : b;
+    const __m256 ps = DECAY == kScaled
+        ? IO::rnd(_mm256_mul_ps(IO::load(p + i), c.scale))
+        : IO::load(p + i);
+    IO::store(p + i, _mm256_fmadd_ps(upd, c.neg_lr, ps));
+  }
+  for (int64_t i = n8; i < n; ++i) {  // the tail, as row_update
+    update_element<T, DECAY, NEG, MODE, NEST>(g, p, buf, i, mean, k);
+  }
+}
+#endif  // MMDET_GC_AVX2
 
 template <typename T, int DECAY, bool NEG, int MODE, bool NEST>
 void rows_of(const T* g, T* p, T* buf, int64_t rows, int64_t n,
              const Consts<T>& k) {
+#ifdef MMDET_GC_AVX2
+  if constexpr (!std::is_same<T, double>::value) {
+    const VecConsts c(k);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t o = r * n;
+      row_update_avx2<T, DECAY, NEG, MODE, NEST>(
+          g + o, p + o, buf == nullptr ? nullptr : buf + o, n, k, c);
+    }
+    return;
+  }
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * n;
     row_update<T, DECAY, NEG, MODE, NEST>(
@@ -316,6 +423,11 @@ void adam_gc_(const std::vector<at::Tensor>& params,
               bool decoupled, bool amsgrad, double beta1, double beta2,
               double lr, double weight_decay, double eps, bool maximize);
 
+// GC on the update of any optimizer, in update_gc_fused.cpp.
+std::vector<at::Tensor> row_means(const std::vector<at::Tensor>& params);
+void restore_row_means_(const std::vector<at::Tensor>& params,
+                        const std::vector<at::Tensor>& before);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The GIL is released while the kernel runs, as ATen's ops do.
   m.def("sgd_gc_", &sgd_gc_,
@@ -327,6 +439,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("momentum"), pybind11::arg("lr"),
         pybind11::arg("dampening"), pybind11::arg("nesterov"),
         pybind11::arg("maximize"), pybind11::arg("scale"));
+  m.def("row_means", &row_means,
+        "The mean of every row of each param (float; double for float64)",
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        pybind11::arg("params"));
+  m.def("restore_row_means_", &restore_row_means_,
+        "p -= row_mean(p) - before, per row of each param (in place)",
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        pybind11::arg("params"), pybind11::arg("before"));
+  // Checks of a step's tensors, in one call (gc_fused_common.h).
+  m.def("fused_takes", &fused_takes,
+        "Per param: whether a fused kernel may take it with its tensors "
+        "in others",
+        pybind11::arg("params"), pybind11::arg("others"));
+  m.def("shares_written_memory", &shares_written_memory,
+        "Whether a written tensor overlaps another tensor's memory",
+        pybind11::arg("written"), pybind11::arg("read"));
   m.def("adam_gc_", &adam_gc_,
         "Adam / AdamW with Gradient Centralization over centralized CPU "
         "tensors (in place, step counts included)",
