@@ -23,7 +23,8 @@ from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
 from .registry import (register_config_package, register_gc_hooks,
                        register_gc_optim_wrapper_constructors,
-                       register_gc_optimizers, register_gc_transforms)
+                       register_gc_optimizers, register_gc_transforms,
+                       register_resumable_loops)
 from .utils import config_path
 
 __version__ = '0.1.0'
@@ -32,6 +33,7 @@ register_gc_optimizers()
 register_gc_optim_wrapper_constructors()
 register_gc_hooks()
 register_gc_transforms()
+register_resumable_loops()
 register_config_package()
 _serve_moved_modules()
 

@@ -111,15 +111,35 @@ def register_gc_optim_wrapper_constructors() -> List[str]:
 
 def register_gc_hooks() -> List[str]:
     """Register ``PlainCheckpointHook`` (plain-data checkpoints),
+    ``ResumableCheckpointHook`` (checkpoints that resume bitwise),
     ``RowMeanDriftHook`` (the paper's theorem, measured) and
     ``GCStatsHook`` (GC diagnostics in the training log)."""
-    from .engine.hooks import PlainCheckpointHook
-    from .engine.hooks import GCStatsHook, RowMeanDriftHook
+    from .engine.hooks import (GCStatsHook, PlainCheckpointHook,
+                               ResumableCheckpointHook, RowMeanDriftHook)
     return register_modules(
         root.HOOKS, {
             'PlainCheckpointHook': PlainCheckpointHook,
+            'ResumableCheckpointHook': ResumableCheckpointHook,
             'RowMeanDriftHook': RowMeanDriftHook,
             'GCStatsHook': GCStatsHook
+        })
+
+
+def register_resumable_loops() -> List[str]:
+    """Register the training loops that resume bitwise and mid-epoch, and
+    the file backend whose writes are atomic (their checkpoints')."""
+    from mmengine.fileio.backends import backends, register_backend
+
+    from .engine.hooks.resumable_checkpoint_hook import ATOMIC_BACKEND
+    from .engine.runner import (ResumableEpochBasedTrainLoop,
+                                ResumableIterBasedTrainLoop)
+    from .utils.atomic_file import AtomicLocalBackend
+    if ATOMIC_BACKEND not in backends:
+        register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
+    return register_modules(
+        root.LOOPS, {
+            'ResumableIterBasedTrainLoop': ResumableIterBasedTrainLoop,
+            'ResumableEpochBasedTrainLoop': ResumableEpochBasedTrainLoop
         })
 
 

@@ -20,7 +20,7 @@ from test_checkpoint_security import _one_line_error, attack, craft
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError, from_plain,
                                  hub_cache_file, torchvision_urls)
 
-from tool_helpers import ENV, load, run_tool, tiny_config
+from tool_helpers import ENV, RESUME_ALL, load, run_tool, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -361,23 +361,8 @@ RESUME_CASES = [
 ]
 
 # Each crafted file through tools/train.py --resume, in one process: one
-# line naming the file, exit status 1, the work dir untouched.
-RESUME_ALL = r'''
-import contextlib, io, json, os, sys
-sys.path.insert(0, 'tools')
-from mmdet_gc.cli import train
-cfg, work, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-out = {}
-for case, path in files.items():
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            train.main([cfg, '--resume', path, '--work-dir', work])
-        out[case] = ['ran', sorted(os.listdir(work))]
-    except SystemExit as e:
-        out[case] = [str(e.code), sorted(os.listdir(work))]
-print(json.dumps(out))
-'''
+# line naming the file, exit status 1, the work dir untouched
+# (tool_helpers.RESUME_ALL).
 
 
 def _run_cases(ckpts, tmp_path, files):

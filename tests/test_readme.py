@@ -53,6 +53,17 @@ def test_snippet_builds_in_a_config_inheriting_mmdet(snippet, tmp_path):
         "_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'\n"
     path.write_text(base + snippet)
     cfg = Config.fromfile(str(path))
+    if 'default_hooks' in snippet:  # the tools' checkpoint hook, built
+        from mmdet.registry import HOOKS
+
+        from mmdet_gc.cli.runner import make_resumable
+        from mmdet_gc.engine.hooks import ResumableCheckpointHook
+        make_resumable(cfg)
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            hook = HOOKS.build(cfg.default_hooks.checkpoint)
+        assert isinstance(hook, ResumableCheckpointHook)
+        assert (hook.resume_interval, hook.resume_minutes) == (1000, 30)
+        return
     if 'optim_wrapper' not in snippet:  # a hooks snippet: they build
         from mmdet.registry import HOOKS
         with DefaultScope.overwrite_default_scope('mmdet'):

@@ -276,8 +276,10 @@ def test_test_tool_with_missing_checkpoint(tmp_path, data_root):
 
 
 def test_resume_under_another_optimizer_says_so(tmp_path, data_root):
-    """SGD -> SGD_GC and SGD_GC -> SGD_GCC resume with one warning each;
-    the config's optimizer and GC switches are used from there on."""
+    """SGD -> SGD_GC and SGD_GC -> SGD_GCC are changes of experiment:
+    ``--resume`` names the GC switches that differ and stops; with
+    ``--resume-with-config`` each resumes with one warning, and the
+    config's optimizer and GC switches are used from there on."""
     work = str(tmp_path / 'work')
     cfg2 = tiny_config(tmp_path, data_root, max_iters=2)
     run_tool('tools/train.py', cfg2, '--work-dir', work, '--cfg-options',
@@ -285,7 +287,13 @@ def test_resume_under_another_optimizer_says_so(tmp_path, data_root):
     assert load(osp.join(work, 'iter_2.pth'))['meta']['optimizer_type'] \
         == 'SGD'
     cfg3 = tiny_config(tmp_path / '..', data_root, max_iters=3)
-    out = run_tool('tools/train.py', cfg3, '--work-dir', work, '--resume')
+    stopped = run_tool('tools/train.py', cfg3, '--work-dir', work,
+                       '--resume', ok=False)
+    assert stopped.returncode == 1
+    assert 'optimizer.param_groups[0].gc: file (none), config True' in \
+        stopped.stderr, stopped.stderr
+    out = run_tool('tools/train.py', cfg3, '--work-dir', work, '--resume',
+                   '--resume-with-config')
     log = out.stdout + out.stderr
     assert log.count('trained with SGD under SGD_GC') == 1, log[-3000:]
     cfg4 = tiny_config(tmp_path / '../..', data_root, max_iters=4)
@@ -295,11 +303,13 @@ def test_resume_under_another_optimizer_says_so(tmp_path, data_root):
         '--work-dir',
         work,
         '--resume',
+        '--resume-with-config',
         '--gc',
         'SGD_GCC',
         env=dict(ENV, PYTHONWARNINGS='default'))  # ENV silences warnings
     log = out.stdout + out.stderr
     assert 'trained with SGD_GC under SGD_GCC' in log, log[-3000:]
-    assert "'gc_conv_only': False -> True" in log
+    assert '--resume-with-config: optimizer.param_groups[0].gc_conv_only: ' \
+        "file False, config True; the config's value is used" in log
     state = load(osp.join(work, 'iter_4.pth'))
     assert state['optimizer']['param_groups'][0]['gc_conv_only'] is True

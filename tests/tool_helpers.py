@@ -83,3 +83,24 @@ def run_tool(*args, ok=True, env=None):
 
 def load(path):
     return torch.load(path, map_location='cpu')  # weights_only=True
+
+
+# Each of a set of files through tools/train.py --resume, in one process:
+# ``python -c RESUME_ALL CONFIG WORK_DIR '{"case": "path", ...}'`` prints
+# ``{"case": [exit message or "ran", sorted work dir listing]}``.
+RESUME_ALL = r'''
+import contextlib, io, json, os, sys
+from mmdet_gc.cli import train
+cfg, work, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+for case, path in files.items():
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            train.main([cfg, '--resume', path, '--work-dir', work],
+                       prog='train.py')
+        out[case] = ['ran', sorted(os.listdir(work))]
+    except SystemExit as e:
+        out[case] = [str(e.code), sorted(os.listdir(work))]
+print(json.dumps(out))
+'''

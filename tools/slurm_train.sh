@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train on a Slurm cluster, as MMDetection's tools/slurm_train.sh.
+# Train on a Slurm cluster, as MMDetection's tools/slurm_train.sh (a job that
+# requeues itself when preempted: tools/slurm_requeue.sh).
 #   [GPUS=8] bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [flags]
 set -x
 PARTITION=$1

@@ -23,12 +23,13 @@ from .errors import CheckpointError, ForeignCheckpointError
 from .plain import TAG, from_plain, to_plain
 from .reader import (check_contents, check_structure, convert_checkpoint,
                      convert_command, inspect_checkpoint, read_checkpoint)
-from .run_checks import RunObjects, build_run, check_resume_against_run
+from .run_checks import (RunObjects, build_run, check_resume_against_run,
+                         take_config_settings)
 
 __all__ = [
     'CheckpointDoor', 'hub_cache_file', 'torchvision_urls', 'CheckpointError',
     'ForeignCheckpointError', 'TAG', 'from_plain',
     'to_plain', 'check_contents', 'check_structure', 'convert_checkpoint',
     'convert_command', 'inspect_checkpoint', 'read_checkpoint', 'RunObjects',
-    'build_run', 'check_resume_against_run'
+    'build_run', 'check_resume_against_run', 'take_config_settings'
 ]

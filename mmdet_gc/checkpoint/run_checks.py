@@ -37,6 +37,9 @@ class RunObjects:
     model: Any
     optim_wrapper: Any = None
     schedulers: Any = None
+    #: The optimizer's and the schedulers' states as the config builds
+    #: them, before any file is loaded into them.
+    config_state: Optional[dict] = None
 
 
 def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
@@ -66,7 +69,10 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
                                           copy.deepcopy(cfg.optim_wrapper))
         schedulers = cfg.get('param_scheduler')
         if schedulers is None:
-            return RunObjects(model, wrapper)
+            return RunObjects(
+                model, wrapper, None,
+                dict(optimizer=copy.deepcopy(wrapper.state_dict()),
+                     schedulers=None))
         train = cfg.get('train_cfg') or {}
 
         def build(configs: Any, optim: Any) -> List[Any]:
@@ -78,10 +84,11 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
                 if end is not None:
                     one.setdefault('end', end)
                 # The state's keys do not depend on the epoch length.
-                out.append(
-                    PARAM_SCHEDULERS.build(
-                        one, default_args=dict(optimizer=optim,
-                                               epoch_length=1)))
+                built = PARAM_SCHEDULERS.build(
+                    one, default_args=dict(optimizer=optim, epoch_length=1))
+                built._mmdet_gc_converted = bool(
+                    one.get('convert_to_iter_based'))
+                out.append(built)
             return out
 
         with _part('param_scheduler'):
@@ -92,7 +99,13 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
                 }
             else:
                 built = build(schedulers, wrapper)
-        return RunObjects(model, wrapper, built)
+        states = None if isinstance(built, dict) else [
+            copy.deepcopy(one.state_dict()) for one in built
+        ]
+        return RunObjects(
+            model, wrapper, built,
+            dict(optimizer=copy.deepcopy(wrapper.state_dict()),
+                 schedulers=states))
 
 
 class BuildError(ValueError):
@@ -263,7 +276,47 @@ def _check_state(state: dict, params: Dict[Any, torch.Tensor],
                 raise ValueError(f'{at} is {value!r:.40}, not a tensor')
 
 
-def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
+#: Optimizer keys that choose an implementation, not the algorithm.
+IMPLEMENTATION_KEYS = ('params', 'foreach', 'fused', 'differentiable',
+                       'capturable')
+#: Scheduler state that a run advances (the rest is its configuration).
+SCHEDULER_COUNTERS = ('last_step', '_global_step', '_last_value',
+                      '_get_value_called_within_step', 'verbose',
+                      '_mmdet_gc_converted')
+
+
+def _value(value: Any) -> Any:
+    """A comparable form of a hyper-parameter or scheduler setting."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _value(v) for k, v in value.items()}
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(_value(value))
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
+def _differences(saved: dict, built: dict, where: str,
+                 skip: tuple) -> List[str]:
+    """``where.key: file X, config Y`` for each setting that differs."""
+    out = []
+    for key in sorted(set(saved) | set(built), key=str):
+        if key in skip or key not in built or callable(built[key]):
+            continue  # a method (OneCycleLR's anneal_func) is code
+        if key not in saved or _value(saved[key]) != _value(built[key]):
+            old = _show(saved[key]) if key in saved else '(none)'
+            out.append(f'{where}.{key_label(key)}: file {old}, config '
+                       f'{_show(built[key])}')
+    return out
+
+
+def _check_optimizer(saved: Any, wrapper: Any, where: str,
+                     differences: List[str]) -> None:
     optimizer = wrapper.optimizer
     built = optimizer.state_dict()
     groups = saved.get('param_groups') if isinstance(saved, dict) else None
@@ -286,6 +339,11 @@ def _check_optimizer(saved: Any, wrapper: Any, where: str) -> None:
             raise ValueError(f'{at}.params are not parameter indices')
         ids += group['params']
         _check_group_values(group, want, at)
+        # What the config asks for: every hyper-parameter; the lr as the
+        # schedule's start (initial_lr) where the config has a schedule.
+        skip = IMPLEMENTATION_KEYS + (('lr', ) if 'initial_lr' in want else
+                                      ())
+        differences += _differences(group, want, at, skip)
     if len(set(ids)) != len(ids):
         raise ValueError(f'{where}: a parameter index is in two places')
     params = [p for g in optimizer.param_groups for p in g['params']]
@@ -335,7 +393,8 @@ def _dry_step(optimizer: Any, where: str) -> None:
                              f'parameter {i} or its state not finite')
 
 
-def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
+def _check_schedulers(saved: Any, built: List[Any], where: str,
+                      differences: List[str]) -> None:
     if not isinstance(saved, list) or len(saved) != len(built):
         count = len(saved) if isinstance(saved, list) else 'no'
         raise ValueError(f'{where} has {count} scheduler states; the config '
@@ -354,6 +413,10 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
                             exact=True)
             if why:
                 raise ValueError(why)
+        differences += _differences(
+            state, want, f'{at}', SCHEDULER_COUNTERS +
+            (('begin', 'end', 'milestones', 'T_max', 'periods',
+              'total_steps') if _converted(scheduler) else ()))
         last = state.get('last_step')
         if last is not None and last < -1:
             raise ValueError(f'{at}.last_step is {last}')
@@ -373,6 +436,54 @@ def _check_schedulers(saved: Any, built: List[Any], where: str) -> None:
                                  f'{value!r:.40}')
 
 
+def _converted(scheduler: Any) -> bool:
+    """An epoch schedule turned into iterations (``convert_to_iter_based``):
+    its bounds are in iterations of an epoch length the checks do not
+    know, so only its other settings are compared."""
+    return bool(getattr(scheduler, '_mmdet_gc_converted', False))
+
+
+def _check_weights_against_model(weights: Any, model: Any) -> None:
+    """Every tensor the model has is in the file, of its shape and dtype,
+    and finite (``module.`` prefixes stripped, as MMEngine loads)."""
+    if not isinstance(weights, dict):
+        raise ValueError('state_dict is not a dict of tensors')
+    named = {(k[len('module.'):] if isinstance(k, str)
+              and k.startswith('module.') else k): v
+             for k, v in weights.items()}
+    for key, tensor in model.state_dict().items():
+        at = f'state_dict.{key_label(key)}'
+        if key not in named:
+            raise ValueError(f'{at} is missing')
+        value = named[key]
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f'{at} is not a tensor')
+        if value.shape != tensor.shape or value.dtype != tensor.dtype:
+            raise ValueError(f'{at} is a {value.dtype} tensor of shape '
+                             f'{tuple(value.shape)}; the model has '
+                             f'{tensor.dtype} {tuple(tensor.shape)}')
+        if non_finite(value):
+            raise ValueError(f'{at} holds values that are not finite')
+
+
+def _check_resume_state(state: Any) -> None:
+    """The run's position and random states (ResumableCheckpointHook)."""
+    from ..utils.random_state import check_random_state
+    if not isinstance(state, dict):
+        raise ValueError('resume_state is not a dict')
+    for key in ('batch', 'world_size', 'num_workers'):
+        if not (type(state.get(key)) is int and 0 <= state[key] < 2**40):
+            raise ValueError(f'resume_state.{key} is not a count')
+    randoms = state.get('random', [])
+    if not isinstance(randoms, list) or len(randoms) > 2**16:
+        raise ValueError('resume_state.random is not a list')
+    for rank, one in enumerate(randoms):
+        try:
+            check_random_state(one)
+        except ValueError as e:
+            raise ValueError(f'resume_state.random[{rank}] {e}') from None
+
+
 def _check_counters(meta: dict, cfg: Config, where: str) -> None:
     if meta['epoch'] > meta['iter']:  # every epoch has an iteration
         raise ValueError(f'{where}.epoch is {meta["epoch"]}, beyond '
@@ -386,15 +497,24 @@ def _check_counters(meta: dict, cfg: Config, where: str) -> None:
 
 
 def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
-                             run: RunObjects) -> None:
+                             run: RunObjects) -> List[str]:
     """Check what ``Runner.resume`` will act on against ``run`` (built by
     :func:`build_run` from ``cfg``).
+
+    Returns:
+        list[str]: Each setting the file would restore that differs from
+        the config's (optimizer hyper-parameters, the schedule's start lr,
+        scheduler settings), as ``key: file X, config Y``.
 
     Raises:
         CheckpointError: One line naming ``path`` and the key path.
     """
+    differences: List[str] = []
     try:
         _check_counters(ckpt['meta'], cfg, 'meta')
+        _check_weights_against_model(ckpt.get('state_dict'), run.model)
+        if 'resume_state' in ckpt:
+            _check_resume_state(ckpt['resume_state'])
         saved = ckpt.get('optimizer')
         wrapper = run.optim_wrapper
         if saved is not None and wrapper is not None:
@@ -404,9 +524,10 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
                     raise ValueError('optimizer does not hold the '
                                      f'optimizers {sorted(wrapper.keys())}')
                 for name, one in wrapper.optim_wrappers.items():
-                    _check_optimizer(saved[name], one, f'optimizer.{name}')
+                    _check_optimizer(saved[name], one, f'optimizer.{name}',
+                                     differences)
             else:
-                _check_optimizer(saved, wrapper, 'optimizer')
+                _check_optimizer(saved, wrapper, 'optimizer', differences)
         saved = ckpt.get('param_schedulers')
         if saved is not None and run.schedulers is not None:
             if isinstance(run.schedulers, dict):
@@ -416,9 +537,11 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
                                      'optimizers of the config')
                 for name, built in run.schedulers.items():
                     _check_schedulers(saved[name], built,
-                                      f'param_schedulers.{name}')
+                                      f'param_schedulers.{name}',
+                                      differences)
             else:
-                _check_schedulers(saved, run.schedulers, 'param_schedulers')
+                _check_schedulers(saved, run.schedulers, 'param_schedulers',
+                                  differences)
     except ValueError as e:
         raise CheckpointError(f'checkpoint {path} cannot be resumed by this '
                               f'config: {e}') from None
@@ -427,9 +550,53 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
         raise CheckpointError(
             f'checkpoint {path} cannot be resumed by this config: '
             f'{type(e).__name__}: {text[0] if text else ""}') from None
+    return differences
+
+
+def take_config_settings(ckpt: dict, run: RunObjects,
+                         differences: List[str]) -> None:
+    """Make ``ckpt`` (checked by :func:`check_resume_against_run`) resume
+    with the config's settings: the weights, the optimizer's moments and
+    step counts and the schedulers' counters stay the file's; every
+    hyper-parameter and scheduler setting becomes the config's. The lr
+    follows the config's schedule from the file's position in it: the
+    file's lr scaled by the ratio of the config's start lr to the file's
+    (exact for the multiplicative schedules of MMDetection's configs:
+    warm-up, steps, exponential decay).
+
+    Raises:
+        CheckpointError: The run has several optimizers (not supported).
+    """
+    state = run.config_state or {}
+    built = (state.get('optimizer') or {}).get('param_groups')
+    if built is None or not isinstance(ckpt.get('optimizer'), dict) or \
+            'param_groups' not in ckpt['optimizer']:
+        raise CheckpointError('--resume-with-config needs a run with one '
+                              'optimizer and a file with its state')
+    ratios = []
+    for group, want in zip(ckpt['optimizer']['param_groups'], built):
+        start = (group.get('initial_lr'), want.get('initial_lr'))
+        ratio = start[1] / start[0] if None not in start and start[0] else 1
+        ratios.append(ratio)
+        lr = group['lr'] * ratio if 'initial_lr' in want else want['lr']
+        for key, value in want.items():
+            if key not in IMPLEMENTATION_KEYS:
+                group[key] = copy.deepcopy(value)
+        group['lr'] = lr.item() if isinstance(lr, torch.Tensor) and \
+            not isinstance(want['lr'], torch.Tensor) else lr
+    for saved, want in zip(ckpt.get('param_schedulers') or [],
+                           state.get('schedulers') or []):
+        for key, value in want.items():
+            if key not in SCHEDULER_COUNTERS:
+                saved[key] = copy.deepcopy(value)
+        last = saved.get('_last_value')
+        if isinstance(last, list) and len(last) == len(ratios):
+            saved['_last_value'] = [v * r for v, r in zip(last, ratios)]
+    meta = ckpt.setdefault('meta', {})
+    meta['resumed_with_config'] = list(differences)
 
 
 __all__ = [
     'BuildError', 'RunObjects', 'build_run', 'same_kind',
-    'check_resume_against_run'
+    'check_resume_against_run', 'take_config_settings'
 ]

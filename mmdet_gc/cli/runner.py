@@ -320,6 +320,37 @@ def add_plain_checkpoint_hook(cfg: Config) -> bool:
     return added
 
 
+#: MMEngine's loops and hook, and ours that resume them bitwise.
+RESUMABLE = {
+    'IterBasedTrainLoop': 'ResumableIterBasedTrainLoop',
+    'EpochBasedTrainLoop': 'ResumableEpochBasedTrainLoop',
+    'CheckpointHook': 'ResumableCheckpointHook',
+}
+
+
+def make_resumable(cfg: Config) -> None:
+    """Train with the loops and checkpoint hook that resume bitwise,
+    mid-epoch and at once (:mod:`mmdet_gc.engine.runner.loops`,
+    :class:`~mmdet_gc.engine.hooks.ResumableCheckpointHook`): MMEngine's
+    ``IterBasedTrainLoop`` / ``EpochBasedTrainLoop`` (also as ``by_epoch``)
+    and ``CheckpointHook`` become ours, with the same arguments. A loop or
+    hook of another kind, or one named with its scope
+    (``'mmengine.IterBasedTrainLoop'``), is left as it is."""
+    train = cfg.get('train_cfg')
+    if isinstance(train, dict):
+        if 'by_epoch' in train and 'type' not in train:
+            by_epoch = train.pop('by_epoch')
+            train['type'] = 'EpochBasedTrainLoop' if by_epoch else \
+                'IterBasedTrainLoop'
+        kind = train.get('type')
+        if isinstance(kind, str) and kind in RESUMABLE:
+            train['type'] = RESUMABLE[kind]
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(hook, dict) and isinstance(hook.get('type'), str) and \
+            hook['type'] in RESUMABLE:
+        hook['type'] = RESUMABLE[hook['type']]
+
+
 def use_cpu_distributed(cfg: Config) -> None:
     """Let ``--launcher pytorch`` run on a machine without CUDA (gloo).
 
@@ -481,7 +512,9 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
     except (InputError, CheckpointError) as e:
-        sys.exit(f'{tool}: error: {one_line(e)}')
+        text = '\n'.join(map(one_line, str(e).splitlines())) if getattr(
+            e, 'lines', False) else one_line(e)
+        sys.exit(f'{tool}: error: {text}')
     if getattr(args, 'added_plain_hook', False):
         print(
             f'{tool}: added PlainCheckpointHook to custom_hooks: checkpoints '

@@ -8,6 +8,9 @@ clipping and ``paramwise_cfg``) for paired baseline / GC runs.
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
+import glob
+import os.path as osp
+import sys
 from typing import Optional, Sequence
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
@@ -15,13 +18,14 @@ from mmengine.config import Config
 
 import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
-                                 check_resume_against_run)
+                                 check_resume_against_run,
+                                 take_config_settings)
 from mmdet_gc.cli.runner import (InputError, add_runner_args, apply_gc,
                                  build_run_or_fail, check_checkpoint,
                                  check_dataset_paths, check_optimizer,
                                  check_prefix, latest_checkpoint, load_config,
-                                 prepare_or_exit, pretrained_sources,
-                                 run_through_door)
+                                 make_resumable, prepare_or_exit,
+                                 pretrained_sources, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -50,6 +54,12 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
+    parser.add_argument(
+        '--resume-with-config',
+        action='store_true',
+        help='resume the weights, optimizer moments and counters of the '
+        'checkpoint but the hyper-parameters and schedule of the config '
+        '(where the two differ, --resume stops and names each setting)')
     add_runner_args(parser)
     args = parser.parse_args(argv)
     args.prog = parser.prog
@@ -61,6 +71,7 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     load read through ``door`` and checked against the run; raises
     InputError on bad input."""
     cfg = load_config(args)
+    make_resumable(cfg)
     if args.gc:
         apply_gc(cfg, args.gc)
     check_optimizer(cfg)
@@ -101,16 +112,32 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
                     '--trust-checkpoint needs the checkpoint named (--resume '
                     "PATH): it does not apply to what a work dir's "
                     'last_checkpoint names')
-            resume_from = latest_checkpoint(cfg.work_dir)
+            resume_from, ckpt = newest_intact_checkpoint(door, cfg.work_dir)
+        else:
+            ckpt = check_checkpoint(
+                door, resume_from, '--resume', resume=True, trust=trust)
         # The runner resumes exactly the checkpoint checked here.
         cfg.load_from = resume_from
         if resume_from is not None:
-            ckpt = check_checkpoint(
-                door, resume_from, '--resume', resume=True, trust=trust)
             try:
-                check_resume_against_run(ckpt, resume_from, cfg, run)
+                differences = check_resume_against_run(
+                    ckpt, resume_from, cfg, run)
             except CheckpointError as e:
                 raise InputError(f'--resume {e}') from None
+            if differences and not args.resume_with_config:
+                raise InputError(
+                    f'--resume: checkpoint {resume_from} would restore '
+                    'settings that differ from the config:\n' +
+                    '\n'.join(f'  {d}' for d in differences) +
+                    '\npass --resume-with-config to go on with the '
+                    "config's values", lines=True)
+            if differences:
+                try:
+                    take_config_settings(ckpt, run, differences)
+                except CheckpointError as e:
+                    raise InputError(str(e)) from None
+    elif args.resume_with_config:
+        raise InputError('--resume-with-config applies to --resume only')
     else:
         check_checkpoint(door, cfg.get('load_from'), 'load_from', trust=trust)
     # The weights the model starts from (e.g. torchvision://resnet50),
@@ -126,6 +153,40 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     check_dataset_paths(cfg, tuple(loaders))
 
     return cfg
+
+
+def newest_intact_checkpoint(door: CheckpointDoor, work_dir: str) -> tuple:
+    """What ``--resume`` without a path resumes: the checkpoint the work
+    dir's ``last_checkpoint`` names or, where that one (or the pointer) is
+    truncated or unreadable, the newest checkpoint of the work dir that
+    reads whole, each one skipped named in one line.
+
+    Returns:
+        tuple: The path and the checked checkpoint, or ``(None, None)``.
+    """
+    candidates, skipped = [], []
+    try:
+        named = latest_checkpoint(work_dir)
+    except InputError as e:
+        skipped.append((e, f'warning: {e}'))
+        named = None
+    if named is not None:
+        candidates.append(named)
+    elif not skipped:
+        return None, None
+    found = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
+             if osp.isfile(p)]
+    candidates += sorted(found, key=osp.getmtime, reverse=True)
+    for path in dict.fromkeys(candidates):
+        try:
+            ckpt = check_checkpoint(door, path, '--resume', resume=True)
+        except InputError as e:
+            skipped.append((e, f'warning: skipping {path}: {e}'))
+            continue
+        for _, line in skipped:  # said only when another one resumes
+            print(line, file=sys.stderr)
+        return path, ckpt
+    raise skipped[0][0]
 
 
 def main(argv: Optional[Sequence[str]] = None,

@@ -8,7 +8,17 @@ import os.path as osp
 
 
 class InputError(ValueError):
-    """Bad user input (config, paths, flags), found before any work."""
+    """Bad user input (config, paths, flags), found before any work.
+
+    Args:
+        message (str): What is wrong: one line, or with ``lines`` one line
+            per finding.
+        lines (bool): Print the message's lines as they are.
+    """
+
+    def __init__(self, message: str, lines: bool = False) -> None:
+        super().__init__(message)
+        self.lines = lines
 
 
 def _mim_config(root: str, owner: str, name: str) -> str:

@@ -1,7 +1,12 @@
 """Hooks of mmdet-gc (Gradient Centralization: Yong et al., ECCV 2020,
-arXiv:2004.01461): GC diagnostics and plain-data checkpoints."""
+arXiv:2004.01461): GC diagnostics, plain-data checkpoints and
+checkpoints that resume bitwise."""
 from .gc_stats_hook import GCStatsHook
 from .plain_checkpoint_hook import PlainCheckpointHook
+from .resumable_checkpoint_hook import ResumableCheckpointHook
 from .row_mean_drift_hook import RowMeanDriftHook
 
-__all__ = ['GCStatsHook', 'PlainCheckpointHook', 'RowMeanDriftHook']
+__all__ = [
+    'GCStatsHook', 'PlainCheckpointHook', 'ResumableCheckpointHook',
+    'RowMeanDriftHook'
+]
