@@ -203,9 +203,11 @@ def test_skipped_batches_load_no_sample():
     batches = list(loader)
     assert [list(map(int, b)) for b in batches] == [[6, 7], [8, 9]]
     assert Recording.asked == [6, 7, 8, 9]
-    assert [b[0].key for b in batches] == [(0, 0, 6), (0, 0, 8)]
-    # The next pass starts at its first batch.
-    assert len(list(loader)) == 5
+    # The next pass starts at its first batch; each index knows its place
+    # (rank, epoch, position), from which its sample's seed comes.
+    assert [b[0].key for b in loader.batch_sampler] == [(0, 0, p)
+                                                        for p in (0, 2, 4,
+                                                                  6, 8)]
 
 
 def test_atomic_writes_leave_old_file_or_new_file(tmp_path):
@@ -258,7 +260,17 @@ def _tampered(ckpt, case):
         'lr': ['optimizer.param_groups[0].initial_lr: file 0.08, config '
                '0.04', 'param_schedulers[0].base_values: file (0.08,), '
                'config (0.04,)', 'param_schedulers[1].base_values: file '
-               '(0.08,), config (0.04,)'],
+               '(0.08,), config (0.04,)', 'optimizer.param_groups[0].lr: '
+               f'file {group["lr"] * 2!r}, the config\'s schedule at '
+               f'iteration 4 {group["lr"]!r}'],
+        'current lr': ['optimizer.param_groups[0].lr: file 0.5, the '
+                       "config's schedule at iteration 4"],
+        'scheduler counter': ['param_schedulers[1].last_step: file 319, '
+                              "the config's schedule at iteration 4 4"],
+        'numpy position': ['resume_state.random[0] numpy state is '
+                           'malformed'],
+        'override lines': ['meta.resumed_with_config is not a list of '
+                           'short printable lines'],
         'gamma and milestones': [
             'param_schedulers[1].gamma: file 0.5, config 0.1',
             'param_schedulers[1].milestones: file {3: 1}, config {320: 1}'
@@ -293,13 +305,24 @@ def _tampered(ckpt, case):
         weights[first] = torch.zeros(1)
     elif case == 'random state':
         ckpt['resume_state']['random'][0]['numpy']['keys'] = torch.zeros(3)
+    elif case == 'current lr':
+        group['lr'] = 0.5
+    elif case == 'scheduler counter':
+        steps['last_step'] = 319
+    elif case == 'numpy position':
+        ckpt['resume_state']['random'][0]['numpy']['pos'] = 10**6
+    elif case == 'override lines':
+        ckpt['meta']['resumed_with_config'] = ['x\nFAKE: ok\x1b[2J']
     return ckpt, lines
 
 
 TAMPER_CASES = [
-    'maximize', 'dampening', 'lr', 'gamma and milestones', 'gc switch',
-    'nan weight', 'missing weight', 'weight shape', 'random state'
+    'maximize', 'dampening', 'lr', 'current lr', 'scheduler counter',
+    'gamma and milestones', 'gc switch', 'nan weight', 'missing weight',
+    'weight shape', 'random state', 'numpy position', 'override lines'
 ]
+ONE_LINE = ('nan weight', 'missing weight', 'weight shape', 'random state',
+            'numpy position', 'override lines')
 
 
 def test_tampered_files_stop_with_a_line_per_field(straight, tmp_path):
@@ -323,14 +346,45 @@ def test_tampered_files_stop_with_a_line_per_field(straight, tmp_path):
         assert message.startswith('train.py: error: --resume'), message
         for line in expected[case]:
             assert line in message, (case, message)
-        if case in ('nan weight', 'missing weight', 'weight shape',
-                    'random state'):
+        if case in ONE_LINE:
             assert '\n' not in message, (case, message)
         else:  # one line per field, and the way on
             assert message.count('\n') == len(expected[case]) + 1, message
             assert message.endswith('pass --resume-with-config to go on '
                                     "with the config's values"), message
     assert (work / 'iter_9.pth').read_bytes() == b'precious'
+
+
+def test_position_not_of_this_run_stops_in_one_line(straight, tmp_path):
+    """An epoch-end file that says it is 2 batches into the next epoch:
+    one line, nothing trained, the work dir's files untouched."""
+    ckpt = load(straight['epoch_paths']['epoch_1.pth'])
+    ckpt['resume_state']['batch'] = 2
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'iter_9.pth').write_bytes(b'precious')
+    path = str(tmp_path / 'moved.pth')
+    torch.save(ckpt, path)
+    # The schedule replayed with the file's position disagrees with the
+    # file's scheduler counters: stopped before the run is built...
+    proc = run_tool('tools/train.py', straight['epoch_cfg'], '--work-dir',
+                    str(work), '--resume', path, ok=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert "param_schedulers[1]._global_step: file 1, the config's " \
+        'schedule at iteration 4 2' in proc.stderr, proc.stderr
+    assert sorted(os.listdir(work)) == ['iter_9.pth']
+    # ... and with the config's schedule taken, the position itself does
+    # not fit this run's epochs: one line before the first iteration.
+    proc = run_tool('tools/train.py', straight['epoch_cfg'], '--work-dir',
+                    str(work), '--resume', path, '--resume-with-config',
+                    ok=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert 'Traceback' not in proc.stderr
+    assert "the checkpoint's position, batch 2 of epoch 2 at iteration 4, " \
+        'is not one of this run, whose epochs have 4 batches' in last, last
+    assert (work / 'iter_9.pth').read_bytes() == b'precious'
+    assert glob.glob(str(work / '*.pth')) == [str(work / 'iter_9.pth')]
 
 
 def test_resume_with_config_takes_the_config_and_says_so(straight, tmp_path):
@@ -408,3 +462,127 @@ default_hooks = dict(checkpoint=dict(interval=2))
     reports = [json.load(open(w / 'report.json')) for w in (straight, killed)]
     assert reports[0]['paired'] == reports[1]['paired']
     assert reports[0]['arms'] == reports[1]['arms']
+
+
+# MMEngine's AmpOptimWrapper on the CPU (its GPU check patched, a CPU
+# GradScaler), fused SGD_GC and a scheduler list, on a small model with
+# dropout and a random augmentation, through MMEngine's Runner in-process.
+AMP_RUN = r'''
+import json, sys
+import numpy as np
+import torch
+from torch import nn
+from mmengine.model import BaseModel
+from mmengine.optim.optimizer import amp_optimizer_wrapper as amp
+from mmengine.runner import Runner
+import mmdet_gc  # noqa: F401
+
+amp.is_cuda_available = lambda: True
+_init = amp.AmpOptimWrapper.__init__
+
+
+def init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    self.loss_scaler = torch.amp.GradScaler('cpu', init_scale=2.**8)
+
+
+amp.AmpOptimWrapper.__init__ = init
+
+
+class Flipped(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        x = (torch.arange(12.).reshape(1, 3, 4) + i) / 12
+        if np.random.rand() < 0.5:  # a random flip, as RandomFlip draws
+            x = x.flip(-1)
+        return dict(inputs=x, target=torch.tensor(float(i % 3)))
+
+
+class Net(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(48, 1)
+
+    def forward(self, inputs, target, mode='loss'):
+        x = self.drop(self.conv(torch.stack(inputs)).relu()).flatten(1)
+        loss = (self.fc(x).squeeze(1) - torch.stack(target)).pow(2).mean()
+        return dict(loss=loss)
+
+
+work, iters, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'
+torch.manual_seed(0)  # the model is built here, before the runner seeds
+runner = Runner(
+    model=Net(), work_dir=work,
+    train_dataloader=dict(dataset=Flipped(), batch_size=3, num_workers=0,
+                          sampler=dict(type='DefaultSampler', shuffle=True),
+                          collate_fn=dict(type='pseudo_collate')),
+    train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=iters),
+    optim_wrapper=dict(type='AmpOptimWrapper', dtype='bfloat16',
+                       optimizer=dict(type='SGD_GC', lr=0.01, momentum=0.9,
+                                      fused=True)),
+    param_scheduler=[
+        dict(type='LinearLR', start_factor=0.5, by_epoch=False, end=3),
+        dict(type='MultiStepLR', by_epoch=True, begin=0, end=3,
+             milestones=[1], gamma=0.5)
+    ],
+    default_hooks=dict(checkpoint=dict(type='ResumableCheckpointHook',
+                                       interval=1, resume_interval=1)),
+    custom_hooks=[dict(type='PlainCheckpointHook')],
+    randomness=dict(seed=0), resume=resume, default_scope='mmengine')
+runner.train()
+'''
+
+
+def test_amp_fused_and_scheduler_list_resume_bitwise(tmp_path):
+    def train(work, epochs, resume=False):
+        run_tool('-c', AMP_RUN, str(work), str(epochs), str(int(resume)))
+
+    train(tmp_path / 'straight', 3)
+    train(tmp_path / 'resumed', 1)  # stops after the first epoch...
+    train(tmp_path / 'resumed', 3, resume=True)  # ... and goes on
+    a, b = (load(str(tmp_path / w / 'epoch_3.pth'))
+            for w in ('straight', 'resumed'))
+    assert set(a['state_dict']) == set(b['state_dict'])
+    for k in a['state_dict']:
+        assert torch.equal(a['state_dict'][k], b['state_dict'][k]), k
+    assert a['optimizer']['loss_scaler'] == b['optimizer']['loss_scaler']
+    sa, sb = a['optimizer']['state'], b['optimizer']['state']
+    for k in sa:
+        assert torch.equal(sa[k]['momentum_buffer'], sb[k]['momentum_buffer'])
+    # ...and dropout and the flips drew random numbers: another seed trains
+    # to other weights.
+    assert a['resume_state']['random'][0]['torch'].numel() > 0
+
+
+@pytest.mark.parametrize('status, requeued, exit_status', [(75, True, 0),
+                                                           (0, False, 0),
+                                                           (1, False, 1)])
+def test_slurm_script_requeues_a_preempted_run(status, requeued,
+                                               exit_status, tmp_path):
+    """``tools/slurm_requeue.sh`` passes ``--resume`` and requeues its job
+    exactly when the run exits with the preempted status (75). ``srun`` and
+    ``scontrol`` are stand-ins that record their arguments."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    log = tmp_path / 'calls'
+    (bin_dir / 'srun').write_text(
+        f'#!/bin/sh\necho "srun $*" >> {log}\nexit {status}\n')
+    (bin_dir / 'scontrol').write_text(
+        f'#!/bin/sh\necho "scontrol $*" >> {log}\n')
+    for tool in ('srun', 'scontrol'):
+        os.chmod(bin_dir / tool, 0o755)
+    env = dict(ENV, PATH=f'{bin_dir}:{os.environ["PATH"]}',
+               SLURM_JOB_ID='4242')
+    proc = subprocess.run(
+        ['bash', 'tools/slurm_requeue.sh', 'CFG.py', 'work_dirs/x',
+         '--cfg-options', 'a=1'], cwd=ROOT, env=env, capture_output=True,
+        text=True)
+    assert proc.returncode == exit_status, proc.stderr
+    calls = log.read_text().splitlines()
+    assert 'train.py CFG.py --work-dir=work_dirs/x --launcher=slurm ' \
+        '--resume --cfg-options a=1' in calls[0]
+    assert ('scontrol requeue 4242' in calls) == requeued

@@ -19,6 +19,8 @@ module only makes the package's runs safe to resume.)
 import contextlib
 import copy
 import inspect
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -53,7 +55,7 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
             ``param_scheduler``).
     """
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import MODELS, PARAM_SCHEDULERS, DefaultScope
+    from mmengine.registry import MODELS, DefaultScope
     scope = cfg.get('default_scope', 'mmdet')
     with DefaultScope.overwrite_default_scope(scope):
         if scope is not None and DefaultScope.get_current_instance() is None:
@@ -73,23 +75,10 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
                 model, wrapper, None,
                 dict(optimizer=copy.deepcopy(wrapper.state_dict()),
                      schedulers=None))
-        train = cfg.get('train_cfg') or {}
 
         def build(configs: Any, optim: Any) -> List[Any]:
-            out = []
-            for one in configs if isinstance(configs, list) else [configs]:
-                one = copy.deepcopy(one)
-                by_epoch = one.get('by_epoch', True)
-                end = train.get('max_epochs' if by_epoch else 'max_iters')
-                if end is not None:
-                    one.setdefault('end', end)
-                # The state's keys do not depend on the epoch length.
-                built = PARAM_SCHEDULERS.build(
-                    one, default_args=dict(optimizer=optim, epoch_length=1))
-                built._mmdet_gc_converted = bool(
-                    one.get('convert_to_iter_based'))
-                out.append(built)
-            return out
+            # The state's keys do not depend on the epoch length.
+            return build_schedulers(cfg, configs, optim, epoch_length=1)
 
         with _part('param_scheduler'):
             if isinstance(schedulers, dict) and 'type' not in schedulers:
@@ -106,6 +95,28 @@ def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
             model, wrapper, built,
             dict(optimizer=copy.deepcopy(wrapper.state_dict()),
                  schedulers=states))
+
+
+def build_schedulers(cfg: Config, configs: Any, optimizer: Any,
+                     epoch_length: int) -> List[Any]:
+    """The parameter schedulers ``configs`` (one or a list) of ``cfg`` over
+    ``optimizer``, as MMEngine's runner builds them (``end`` defaults to
+    the run's length in epochs or iterations)."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    train = cfg.get('train_cfg') or {}
+    out = []
+    for one in configs if isinstance(configs, list) else [configs]:
+        one = copy.deepcopy(one)
+        by_epoch = one.get('by_epoch', True)
+        end = train.get('max_epochs' if by_epoch else 'max_iters')
+        if end is not None:
+            one.setdefault('end', end)
+        built = PARAM_SCHEDULERS.build(
+            one,
+            default_args=dict(optimizer=optimizer, epoch_length=epoch_length))
+        built._mmdet_gc_converted = bool(one.get('convert_to_iter_based'))
+        out.append(built)
+    return out
 
 
 class BuildError(ValueError):
@@ -475,13 +486,124 @@ def _check_resume_state(state: Any) -> None:
         if not (type(state.get(key)) is int and 0 <= state[key] < 2**40):
             raise ValueError(f'resume_state.{key} is not a count')
     randoms = state.get('random', [])
-    if not isinstance(randoms, list) or len(randoms) > 2**16:
-        raise ValueError('resume_state.random is not a list')
+    if not isinstance(randoms, list) or len(randoms) not in (
+            0, state['world_size']):
+        raise ValueError('resume_state.random is not a list of one state '
+                         'per process (resume_state.world_size)')
     for rank, one in enumerate(randoms):
         try:
             check_random_state(one)
         except ValueError as e:
             raise ValueError(f'resume_state.random[{rank}] {e}') from None
+
+
+#: The longest schedule replayed to check a file's lr (iterations).
+MAX_REPLAY = 10**7
+
+
+def _epoch_length(meta: dict, batch: int, epoch_loop: bool) -> Optional[int]:
+    """Iterations per epoch, from a checkpoint's counters and its position
+    in the epoch (None where no epoch has ended).
+
+    Raises:
+        ValueError: The position does not agree with the counters.
+    """
+    epoch, iters = meta['epoch'], meta['iter']
+    if not epoch_loop or epoch == 0:
+        if batch != iters:
+            raise ValueError(f'resume_state.batch is {batch}, not meta.iter '
+                             f'{iters}')
+        return None
+    done = iters - batch
+    if batch < 0 or done <= 0 or done % epoch or batch > done // epoch:
+        raise ValueError(f'resume_state.batch {batch} does not agree with '
+                         f'meta.iter {iters} and meta.epoch {epoch}')
+    return done // epoch
+
+
+def replay_schedule(cfg: Config, run: RunObjects,
+                    ckpt: dict) -> Optional[dict]:
+    """The config's schedule at the file's step: each group's lr and each
+    scheduler's state, from the config's start, stepped as MMEngine's
+    ``ParamSchedulerHook`` steps them (iteration schedulers after every
+    iteration, epoch ones after every epoch). None where it cannot be
+    replayed (a file without ``resume_state``, several optimizers, an
+    epoch schedule converted to iterations before any epoch ended).
+
+    Raises:
+        ValueError: The file's position does not agree with its counters.
+    """
+    configs = cfg.get('param_scheduler')
+    groups = ((run.config_state or {}).get('optimizer')
+              or {}).get('param_groups')
+    meta = ckpt['meta']
+    if not isinstance(ckpt.get('resume_state'), dict):
+        return None  # another tool's file: where it is in an epoch is unknown
+    train = cfg.get('train_cfg') or {}
+    epoch_loop = 'Epoch' in str(train.get('type', '')) or bool(
+        train.get('by_epoch'))
+    length = _epoch_length(meta, ckpt['resume_state']['batch'], epoch_loop)
+    if configs is None or groups is None or isinstance(
+            run.schedulers, dict) or meta['iter'] > MAX_REPLAY:
+        return None
+    if length is None and any(s._mmdet_gc_converted for s in run.schedulers):
+        return None
+    params, dummy_groups = [], []
+    for group in groups:
+        param = torch.zeros(1, requires_grad=True)
+        params.append(param)
+        one = {k: copy.deepcopy(v) for k, v in group.items()
+               if k != 'params' and not k.startswith('initial_')}
+        for key, value in group.items():  # the schedule's start values
+            if key.startswith('initial_'):
+                one[key[len('initial_'):]] = copy.deepcopy(value)
+        dummy_groups.append(dict(one, params=[param]))
+    dummy = torch.optim.SGD(dummy_groups, lr=0.)
+    with warnings.catch_warnings():  # no optimizer steps here, by design
+        warnings.simplefilter('ignore')
+        schedulers = build_schedulers(cfg, configs, dummy, length or 1)
+        by_iter = [s for s in schedulers if not s.by_epoch]
+        by_epoch = [s for s in schedulers if s.by_epoch]
+        for i in range(meta['iter']):
+            for one in by_iter:
+                one.step()
+            if epoch_loop and length and (i + 1) % length == 0:
+                for one in by_epoch:
+                    one.step()
+    return dict(lrs=[g['lr'] for g in dummy.param_groups],
+                states=[one.state_dict() for one in schedulers])
+
+
+def _schedule_differences(ckpt: dict, replay: dict) -> List[str]:
+    """The file's lr and scheduler counters against the config's schedule
+    replayed to the file's step."""
+    out = []
+    at = f'the config\'s schedule at iteration {ckpt["meta"]["iter"]}'
+    groups = (ckpt.get('optimizer') or {}).get('param_groups') or []
+    for i, (group, lr) in enumerate(zip(groups, replay['lrs'])):
+        have = real_number(group.get('lr'))
+        if have is None or not math.isclose(have, lr, rel_tol=1e-9,
+                                            abs_tol=1e-15):
+            out.append(f'optimizer.param_groups[{i}].lr: file '
+                       f'{_show(group.get("lr"))}, {at} {lr!r}')
+    for i, (saved, want) in enumerate(
+            zip(ckpt.get('param_schedulers') or [], replay['states'])):
+        for key in ('last_step', '_global_step'):
+            if key in saved and saved[key] != want[key]:
+                out.append(f'param_schedulers[{i}].{key}: file '
+                           f'{_show(saved[key])}, {at} {want[key]}')
+    return out
+
+
+def _check_overrides(meta: dict) -> None:
+    """``meta.resumed_with_config``: what an earlier ``--resume-with-config``
+    took from its config, logged again on resume."""
+    lines = meta.get('resumed_with_config', [])
+    if not (isinstance(lines, list) and len(lines) <= 1000 and all(
+            isinstance(x, str) and len(x) <= 500 and x.isprintable()
+            for x in lines)):
+        raise ValueError('meta.resumed_with_config is not a list of short '
+                         'printable lines')
 
 
 def _check_counters(meta: dict, cfg: Config, where: str) -> None:
@@ -512,6 +634,7 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
     differences: List[str] = []
     try:
         _check_counters(ckpt['meta'], cfg, 'meta')
+        _check_overrides(ckpt['meta'])
         _check_weights_against_model(ckpt.get('state_dict'), run.model)
         if 'resume_state' in ckpt:
             _check_resume_state(ckpt['resume_state'])
@@ -542,6 +665,11 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
             else:
                 _check_schedulers(saved, run.schedulers, 'param_schedulers',
                                   differences)
+        replay = replay_schedule(cfg, run, ckpt)
+        if replay is not None:
+            differences += _schedule_differences(ckpt, replay)
+        if run.config_state is not None:
+            run.config_state['replay'] = replay
     except ValueError as e:
         raise CheckpointError(f'checkpoint {path} cannot be resumed by this '
                               f'config: {e}') from None
@@ -557,41 +685,41 @@ def take_config_settings(ckpt: dict, run: RunObjects,
                          differences: List[str]) -> None:
     """Make ``ckpt`` (checked by :func:`check_resume_against_run`) resume
     with the config's settings: the weights, the optimizer's moments and
-    step counts and the schedulers' counters stay the file's; every
-    hyper-parameter and scheduler setting becomes the config's. The lr
-    follows the config's schedule from the file's position in it: the
-    file's lr scaled by the ratio of the config's start lr to the file's
-    (exact for the multiplicative schedules of MMDetection's configs:
-    warm-up, steps, exponential decay).
+    step counts and the iteration counters stay the file's; every
+    hyper-parameter, scheduler setting and the lr become the config's: its
+    schedule replayed to the file's step (:func:`replay_schedule`).
 
     Raises:
-        CheckpointError: The run has several optimizers (not supported).
+        CheckpointError: The run has several optimizers, or its schedule
+            cannot be replayed to the file's step.
     """
     state = run.config_state or {}
     built = (state.get('optimizer') or {}).get('param_groups')
+    replay = state.get('replay')
     if built is None or not isinstance(ckpt.get('optimizer'), dict) or \
             'param_groups' not in ckpt['optimizer']:
         raise CheckpointError('--resume-with-config needs a run with one '
                               'optimizer and a file with its state')
-    ratios = []
-    for group, want in zip(ckpt['optimizer']['param_groups'], built):
-        start = (group.get('initial_lr'), want.get('initial_lr'))
-        ratio = start[1] / start[0] if None not in start and start[0] else 1
-        ratios.append(ratio)
-        lr = group['lr'] * ratio if 'initial_lr' in want else want['lr']
+    if replay is None and ckpt.get('param_schedulers') is not None:
+        raise CheckpointError(
+            '--resume-with-config cannot place the config\'s schedule at '
+            'the file\'s step (several optimizers, or an epoch schedule '
+            'converted to iterations before an epoch ended)')
+    for i, (group, want) in enumerate(
+            zip(ckpt['optimizer']['param_groups'], built)):
         for key, value in want.items():
             if key not in IMPLEMENTATION_KEYS:
                 group[key] = copy.deepcopy(value)
-        group['lr'] = lr.item() if isinstance(lr, torch.Tensor) and \
-            not isinstance(want['lr'], torch.Tensor) else lr
-    for saved, want in zip(ckpt.get('param_schedulers') or [],
-                           state.get('schedulers') or []):
-        for key, value in want.items():
-            if key not in SCHEDULER_COUNTERS:
-                saved[key] = copy.deepcopy(value)
-        last = saved.get('_last_value')
-        if isinstance(last, list) and len(last) == len(ratios):
-            saved['_last_value'] = [v * r for v, r in zip(last, ratios)]
+        if replay is not None:
+            lr = replay['lrs'][i]
+            group['lr'] = torch.tensor(lr, dtype=want['lr'].dtype) \
+                if isinstance(want['lr'], torch.Tensor) else lr
+    if replay is not None:
+        ckpt['param_schedulers'] = [
+            {k: copy.deepcopy(v) for k, v in one.items()
+             if k != '_mmdet_gc_converted' and not callable(v)}
+            for one in replay['states']
+        ]
     meta = ckpt.setdefault('meta', {})
     meta['resumed_with_config'] = list(differences)
 

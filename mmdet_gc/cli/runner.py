@@ -265,18 +265,19 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     Raises:
         InputError: ``last_checkpoint`` cannot be read as a path.
     """
-    from mmengine.runner import find_latest_checkpoint
     pointer = osp.join(work_dir, 'last_checkpoint')
     if not osp.isdir(work_dir) or not osp.lexists(pointer):
         return None
     if not osp.isfile(pointer):  # a FIFO would block the read forever
         raise InputError(f'{pointer} is not a file')
     try:
-        found = find_latest_checkpoint(work_dir)
+        with open(pointer, 'rb') as f:  # a path, not gigabytes
+            data = f.read(4097)
+        found = data.decode('utf-8').strip()
     except (OSError, UnicodeError, ValueError) as e:
         raise InputError(
             f'cannot read {pointer}: {type(e).__name__}') from None
-    if not found:
+    if len(data) > 4096 or not found or not found.isprintable():
         raise InputError(f'{pointer} names no checkpoint')
     return found
 

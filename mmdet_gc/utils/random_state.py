@@ -8,6 +8,7 @@ the checkpoint door reads them as data, and :func:`check_random_state`
 checks a file's values before anything uses them.
 """
 import contextlib
+import math
 import random
 from typing import Any, Dict, Iterator
 
@@ -65,22 +66,37 @@ def check_random_state(state: Any) -> None:
     try:
         py = state['python']
         words = py['words']
+        # A Mersenne Twister: 624 words of 32 bits, not all zero (it would
+        # draw zeros forever), then its index (1 to 624).
         if not (isinstance(words, torch.Tensor) and words.dtype ==
-                torch.int64 and words.shape == (625, ) and
-                bool(((words >= 0) & (words < 2**32)).all())):
+                torch.int64 and words.shape == (625, )
+                and bool(((words >= 0) & (words < 2**32)).all())
+                and bool(words[:624].any()) and 1 <= int(words[624]) <= 624):
             raise ValueError('words')
-        if not (py['gauss'] is None or isinstance(py['gauss'], float)):
+        if type(py['version']) is not int or py['version'] != 3:
+            raise ValueError('version')
+        if not (py['gauss'] is None or (isinstance(py['gauss'], float)
+                                        and math.isfinite(py['gauss']))):
             raise ValueError('gauss')
         random.Random().setstate(_python_state(py))
     except Exception:
         raise ValueError('python state is malformed') from None
     try:
-        keys = state['numpy']['keys']
+        nps = state['numpy']
+        keys = nps['keys']
         if not (isinstance(keys, torch.Tensor) and keys.dtype == torch.int64
                 and keys.shape == (624, )
-                and bool(((keys >= 0) & (keys < 2**32)).all())):
+                and bool(((keys >= 0) & (keys < 2**32)).all())
+                and bool(keys.any())):
             raise ValueError('keys')
-        np.random.RandomState().set_state(_numpy_state(state['numpy']))
+        # numpy reads its keys at pos without a bound check.
+        if type(nps['pos']) is not int or not 0 <= nps['pos'] <= 624:
+            raise ValueError('pos')
+        if nps['has_gauss'] not in (0, 1) or type(nps['has_gauss']) \
+                is not int or not (isinstance(nps['cached_gaussian'], float)
+                                   and math.isfinite(nps['cached_gaussian'])):
+            raise ValueError('gauss')
+        np.random.RandomState().set_state(_numpy_state(nps))
     except Exception:
         raise ValueError('numpy state is malformed') from None
     try:
@@ -92,9 +108,10 @@ def check_random_state(state: Any) -> None:
     except Exception:
         raise ValueError('torch state is malformed') from None
     cuda = state.get('cuda', [])
-    if not (isinstance(cuda, list) and all(
+    # A CUDA generator's state: its seed and offset, 8 bytes each.
+    if not (isinstance(cuda, list) and len(cuda) <= 4096 and all(
             isinstance(t, torch.Tensor) and t.dtype == torch.uint8
-            and t.dim() == 1 for t in cuda)):
+            and t.shape == (16, ) for t in cuda)):
         raise ValueError('cuda states are malformed')
 
 

@@ -259,7 +259,7 @@ class ResumableCheckpointHook(CheckpointHook):
         loop.load_resume_state(state, state.pop('random', None))
         meta = checkpoint.get('meta') or {}
         self._overrides = list(meta.get('resumed_with_config') or ())
-        for line in self._overrides:
+        for line in self._overrides:  # checked: short printable lines
             runner.logger.warning(f'--resume-with-config: {line}; the '
                                   "config's value is used")
 

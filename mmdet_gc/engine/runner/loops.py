@@ -25,6 +25,7 @@ from mmengine.logging import print_log
 from mmengine.runner.loops import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.utils import calc_dynamic_intervals
 
+from ...checkpoint.errors import CheckpointError
 from ...utils.random_state import (capture_random_state, random_state_kept,
                                    restore_random_state)
 from .data_position import positioned_dataloader
@@ -181,11 +182,7 @@ class ResumableIterBasedTrainLoop(_Resumable, IterBasedTrainLoop):
         """Launch training (as MMEngine's, from where the run stopped)."""
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
-        done = self._start()
-        if done != self._iter and done:
-            print_log(f'the checkpoint\'s position ({done} batches) is not '
-                      f'its iteration count ({self._iter}); using the count',
-                      logger='current', level=logging.WARNING)
+        self._start()
         self.dataloader_iterator = self._passes(self._iter)
         try:
             while self._iter < self._max_iters and not self.stop_training:
@@ -239,12 +236,14 @@ class ResumableEpochBasedTrainLoop(_Resumable, EpochBasedTrainLoop):
         first = self._start() if self._resume_batch is None else 0
         self._resume_batch = first
         length = len(self.dataloader)
-        if not 0 <= first < length:
-            print_log(f'the checkpoint\'s position in its epoch ({first}) '
-                      f'is not within this epoch of {length} batches; '
-                      'starting the epoch at its first batch',
-                      logger='current', level=logging.WARNING)
-            first = 0
+        if first and (first > length
+                      or self._iter - first != self._epoch * length):
+            # The checks before the run compare the position with the
+            # file's counters; the epoch's length is known only here.
+            raise CheckpointError(
+                f'the checkpoint\'s position, batch {first} of epoch '
+                f'{self._epoch + 1} at iteration {self._iter}, is not one of '
+                f'this run, whose epochs have {length} batches')
         self._epoch_start_iter = self._iter - first
         self.dataloader.batch_sampler.sampler.set_epoch(self._epoch)
         self.dataloader.batch_sampler.skip = first
