@@ -62,7 +62,9 @@ def write_config(folder: str, data_root: str, max_iters: int,
 
 
 def at_iteration(src: str, dst: str, k: int) -> None:
-    """``src`` (a checkpoint after iteration 1) as if saved after ``k``."""
+    """``src`` (a checkpoint after iteration 1) as if saved after ``k``
+    (its lr then differs from the schedule's at ``k``: the runs take the
+    config's, with ``--resume-with-config``)."""
     ckpt = torch.load(src, map_location='cpu')
     ckpt['meta']['iter'] = k
     for state in ckpt.get('param_schedulers', []):
@@ -78,11 +80,13 @@ def first_iteration_seconds(cfg: str, work: str, k: int) -> float:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, 'tools/train.py', cfg, '--work-dir', work,
-         '--resume'],
+         '--resume', '--resume-with-config'],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     mark = f'Iter(train) [{k + 1}/'
+    lines = []
     for line in proc.stdout:
+        lines.append(line)
         if mark in line:
             seconds = time.perf_counter() - start
             proc.kill()
@@ -90,7 +94,7 @@ def first_iteration_seconds(cfg: str, work: str, k: int) -> float:
             return seconds
     proc.wait()
     raise RuntimeError(f'{cfg} ended (status {proc.returncode}) before '
-                       f'iteration {k + 1}')
+                       f'iteration {k + 1}:\n' + ''.join(lines[-5:]))
 
 
 def main(argv: List[str] = None) -> None:

@@ -19,6 +19,7 @@ interrupted:
 import logging
 from typing import Any, Dict, Optional, Sequence
 
+import torch
 from mmengine.dataset import InfiniteSampler
 from mmengine.dist import get_rank, get_world_size
 from mmengine.logging import print_log
@@ -81,6 +82,13 @@ class _Resumable:
             return 0
         rank, world = get_rank(), get_world_size()
         exact = True
+        if torch.cuda.is_available() and \
+                not torch.are_deterministic_algorithms_enabled():
+            print_log(
+                'CUDA kernels that are not deterministic may run (set '
+                'randomness=dict(deterministic=True)): the resumed run may '
+                'differ from an uninterrupted one in the last bits',
+                logger='current', level=logging.WARNING)
         if pending.get('world_size') != world:
             exact = False
             print_log(
