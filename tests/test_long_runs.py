@@ -409,6 +409,12 @@ def test_resume_with_config_takes_the_config_and_says_so(straight, tmp_path):
     # Same schedule and start as the uninterrupted run: the same lr, and
     # the weights carried on from the file's.
     assert final['optimizer']['param_groups'][0]['initial_lr'] == 0.04
+    # mmdet-gc report lists what the run took from its config.
+    from mmdet_gc.study.report import markdown_table, read_run
+    table = markdown_table([read_run(str(work))])
+    assert "Resumed with the config's settings" in table
+    assert '- work: optimizer.param_groups[0].initial_lr: file 0.08, ' \
+        'config 0.04' in table
     # The file was the uninterrupted run's, its lr doubled: taken back to
     # the config's, the run goes on as that run did, bit for bit.
     _assert_same_run(final, straight['iter'])
@@ -586,3 +592,23 @@ def test_slurm_script_requeues_a_preempted_run(status, requeued,
     assert 'train.py CFG.py --work-dir=work_dirs/x --launcher=slurm ' \
         '--resume --cfg-options a=1' in calls[0]
     assert ('scontrol requeue 4242' in calls) == requeued
+
+
+def test_report_reads_the_overrides_as_untrusted_text(tmp_path, capsys):
+    """A work dir's ``resumed_with_config.txt`` is read as data: control
+    characters shown as spaces, a file that is not UTF-8 skipped with one
+    warning, at most 64 KB read."""
+    from mmdet_gc.study.report import markdown_table, read_run
+    for name, data in (('a', b'x: file 1, config 2\n\x1b[2Jfake\n'),
+                       ('b', b'\xff\xfe not text'), ('c', b'y' * 10**6)):
+        folder = tmp_path / name / '20260101_000000'
+        (folder / 'vis_data').mkdir(parents=True)
+        (folder / 'vis_data' / 'scalars.json').write_text(
+            json.dumps({'loss': 1.0, 'iter': 1, 'step': 1}) + '\n')
+        (folder / 'resumed_with_config.txt').write_bytes(data)
+    runs = [read_run(str(tmp_path / n)) for n in 'abc']
+    assert runs[0].overrides == ['x: file 1, config 2', ' [2Jfake']
+    assert runs[1].overrides == []
+    assert 'not UTF-8 text' in capsys.readouterr().err
+    assert runs[2].overrides == ['y' * 300]
+    assert '- a: x: file 1, config 2' in markdown_table(runs)

@@ -9,7 +9,9 @@ a baseline and a GC run trained with the same config, e.g.::
 
 It reads what MMEngine writes: ``<work_dir>/<timestamp>/vis_data/
 scalars.json`` (training losses, validation metrics) and
-``<work_dir>/<timestamp>/<timestamp>.json`` (``tools/test.py`` metrics).
+``<work_dir>/<timestamp>/<timestamp>.json`` (``tools/test.py`` metrics),
+and what ``--resume-with-config`` took from the config
+(``<work_dir>/<timestamp>/resumed_with_config.txt``).
 """
 import glob
 import json
@@ -18,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import (Any, BinaryIO, Dict, Iterator, List, Optional, Sequence,
                     Tuple)
+
+from ..engine.hooks.resumable_checkpoint_hook import OVERRIDES_FILE
 
 #: Columns of the paper's tables, per task, as mmdet's CocoMetric names them.
 COLUMNS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
@@ -233,6 +237,32 @@ def read_records(path: str, skips: Skips) -> Iterator[Record]:
             skips.skip_all(f'cannot read it ({e.strerror or e})')
 
 
+#: The most of such a file read, and of its lines kept.
+MAX_LINES_BYTES, MAX_LINES = 2**16, 100
+
+
+def read_lines(path: str, skips: Skips) -> List[str]:
+    """The printable lines of a small text file (at most
+    :data:`MAX_LINES`); none, told to ``skips``, where it cannot be read."""
+    f = _open(path, skips)
+    if f is None:
+        return []
+    with f:
+        try:
+            data = f.read(MAX_LINES_BYTES + 1)
+        except OSError as e:
+            skips.skip_all(f'cannot read it ({e.strerror or e})')
+            return []
+    try:
+        text = data[:MAX_LINES_BYTES].decode('utf-8')
+    except UnicodeDecodeError:
+        skips.skip_all('not UTF-8 text')
+        return []
+    lines = [''.join(c if c.isprintable() else ' ' for c in line)[:300]
+             for line in text.splitlines() if line.strip()]
+    return lines[:MAX_LINES]
+
+
 def read_json(path: str, skips: Skips) -> Optional[Any]:
     """The document of a JSON file, or None (told to ``skips``) where it
     cannot be read or is not JSON."""
@@ -263,6 +293,8 @@ class Run:
     losses: List[Tuple[int, float]] = field(default_factory=list)
     evals: List[Tuple[int, Dict[str, float]]] = field(default_factory=list)
     test: Optional[Dict[str, float]] = None
+    #: What ``--resume-with-config`` took from the config, by resume.
+    overrides: List[str] = field(default_factory=list)
 
     @property
     def final(self) -> Optional[Dict[str, float]]:
@@ -318,6 +350,9 @@ def read_run(work_dir: str, name: Optional[str] = None) -> Run:
                 if rec.coco:
                     run.test = rec.metrics
         skipped = skipped or bool(skips)
+    for path in sorted(glob.glob(osp.join(root, '*', OVERRIDES_FILE))):
+        with Skips(path) as skips:
+            run.overrides += read_lines(path, skips)
     if skipped and not (run.losses or run.evals or run.test is not None):
         raise ReportError(f'{work_dir}: nothing valid in its MMEngine logs '
                           '(see the warnings above)')
@@ -348,6 +383,11 @@ def markdown_table(runs: Sequence[Run]) -> str:
         m = run.final or {}
         cells = [_fmt(m.get(f'coco/{t}_{c}')) for t in tasks for c in COLUMNS]
         lines.append('| ' + ' | '.join([run.name] + cells) + ' |')
+    overrides = [(r.name, line) for r in runs for line in r.overrides]
+    if overrides:
+        lines += ['', "Resumed with the config's settings "
+                  '(`--resume-with-config`):']
+        lines += [f'- {name}: {line}' for name, line in overrides]
     return '\n'.join(lines)
 
 

@@ -40,6 +40,10 @@ PREEMPTED_EXIT = 75
 #: The file backend whose writes are atomic (registered by mmdet_gc).
 ATOMIC_BACKEND = 'mmdet_gc_atomic'
 
+#: In a run's log folder: what ``--resume-with-config`` took from the
+#: config, one line each (``mmdet-gc report`` lists them).
+OVERRIDES_FILE = 'resumed_with_config.txt'
+
 
 class _WorkDirView:
     """The runner with ``work_dir`` elsewhere: MMEngine's ``CheckpointHook``
@@ -262,6 +266,13 @@ class ResumableCheckpointHook(CheckpointHook):
         for line in self._overrides:  # checked: short printable lines
             runner.logger.warning(f'--resume-with-config: {line}; the '
                                   "config's value is used")
+        if self._overrides and is_main_process():  # for mmdet-gc report
+            write_atomically(
+                osp.join(runner.log_dir, OVERRIDES_FILE),
+                ''.join(f'{line}\n' for line in self._overrides).encode())
 
 
-__all__ = ['ResumableCheckpointHook', 'PREEMPTED_EXIT', 'ATOMIC_BACKEND']
+__all__ = [
+    'ResumableCheckpointHook', 'PREEMPTED_EXIT', 'ATOMIC_BACKEND',
+    'OVERRIDES_FILE'
+]
