@@ -20,7 +20,7 @@ from test_checkpoint_security import _one_line_error, attack, craft
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError, from_plain,
                                  hub_cache_file, torchvision_urls)
 
-from tool_helpers import ENV, RESUME_ALL, load, run_tool, tiny_config
+from tool_helpers import ENV, load, run_resume_cases, run_tool, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -366,14 +366,8 @@ RESUME_CASES = [
 
 
 def _run_cases(ckpts, tmp_path, files):
-    work = tmp_path / 'work'
-    work.mkdir()
-    (work / 'iter_3.pth').write_bytes(b'precious')
-    proc = run_tool('-c', RESUME_ALL, ckpts['cfg'], str(work),
-                    json.dumps(files))
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for case, (message, listing) in out.items():
-        assert listing == ['iter_3.pth'], case
+    out = run_resume_cases(ckpts['cfg'], tmp_path, files)
+    for case, (message, _) in out.items():
         assert ': error: --resume ' in message, (case, message)
         assert files[case] in message and '\n' not in message, (case,
                                                                  message)

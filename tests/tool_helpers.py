@@ -104,3 +104,20 @@ for case, path in files.items():
         out[case] = [str(e.code), sorted(os.listdir(work))]
 print(json.dumps(out))
 '''
+
+
+def run_resume_cases(cfg, tmp_path, files):
+    """Each of ``files`` (case -> path) through ``tools/train.py --resume``
+    in one process (:data:`RESUME_ALL`), into a work dir holding a file of
+    its own that must stay as it is and alone; ``{case: [exit message or
+    'ran', work dir listing]}``."""
+    import json
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'iter_3.pth').write_bytes(b'precious')
+    proc = run_tool('-c', RESUME_ALL, cfg, str(work), json.dumps(files))
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for case, (_, listing) in out.items():
+        assert listing == ['iter_3.pth'], case  # nothing written
+    assert (work / 'iter_3.pth').read_bytes() == b'precious'
+    return out

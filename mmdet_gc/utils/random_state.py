@@ -136,13 +136,19 @@ def restore_random_state(state: Dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def random_state_kept() -> Iterator[None]:
+def random_state_kept(cuda: bool = True) -> Iterator[None]:
     """Run a block without moving the process's generators: what it draws
     (a validation pass, starting a dataloader's workers) leaves the
-    training's random numbers as they were."""
+    training's random numbers as they were.
+
+    Args:
+        cuda (bool): Keep the CUDA generators too (reading them waits for
+            the devices): False for a block that draws on the CPU only.
+    """
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     cuda = torch.cuda.get_rng_state_all() if (
-        torch.cuda.is_available() and torch.cuda.is_initialized()) else None
+        cuda and torch.cuda.is_available()
+        and torch.cuda.is_initialized()) else None
     try:
         yield
     finally:

@@ -215,13 +215,11 @@ class ResumableCheckpointHook(CheckpointHook):
         if signalled:
             runner.logger.warning(
                 f'stopped by {signal.Signals(signalled).name} after '
-                f'iteration {runner.iter + 1}: {self.last_ckpt_or(runner)} '
-                'holds it; --resume continues from there (exit status '
+                f'iteration {runner.iter + 1}: '
+                f'{runner.message_hub.get_info("last_ckpt", "")} holds it; '
+                '--resume continues from there (exit status '
                 f'{PREEMPTED_EXIT})')
             raise SystemExit(PREEMPTED_EXIT)
-
-    def last_ckpt_or(self, runner: Any) -> str:
-        return str(runner.message_hub.get_info('last_ckpt', ''))
 
     def _agree(self, runner: Any) -> tuple:
         """Whether a signal came (to any rank) and whether a resume point is

@@ -126,7 +126,8 @@ class SeededDataset(torch.utils.data.Dataset):
         if key is None:
             return self.dataset[index]
         seed = sample_seed(self.seed, key)
-        with random_state_kept():
+        # Per sample, on the CPU: the CUDA generators are not seeded here.
+        with random_state_kept(cuda=False):
             random.seed(seed)
             np.random.seed(seed)
             torch.default_generator.manual_seed(seed)
