@@ -245,8 +245,8 @@ def update_gc_passes(base: List[Tensor], steps: int, warmup: int,
         lambda: [w.sub_(b) for w, b in zip(weights, before)],
     }
     if not base[0].is_cuda and fused_unavailable_reason() is None:
-        from mmdet_gc.optim.fused import _module
-        module = _module()
+        from mmdet_gc.optim.fused import module as built
+        module = built()
         means = module.row_means(weights)
         passes['record, fused (row_means)'] = lambda: module.row_means(weights)
         passes['restore, fused (one pass per row)'] = (

@@ -330,10 +330,10 @@ def test_torch_arguments_at_their_off_values_pass_through(name):
     cls([dict(params=[torch.nn.Parameter(torch.ones(2))], **off)], lr=0.1)
 
 
-# The SGD and Adam families have fused kernels of their own
-# (tests/test_fused.py, tests/test_fused_adam.py).
+# Every family has a fused step (tests/test_fused.py, test_fused_adam.py,
+# test_torch_fused.py).
 SUPPORTED = {('SGD', 'fused'), ('SGDW', 'fused'), ('Adam', 'fused'),
-             ('AdamW', 'fused')}
+             ('AdamW', 'fused'), ('Adagrad', 'fused')}
 
 
 @pytest.mark.parametrize(

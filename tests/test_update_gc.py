@@ -314,7 +314,7 @@ def row_mean_of(p):
 
 def test_fused_hooks_give_the_kernels_what_they_take(kernel, monkeypatch):
     import mmdet_gc.optim.fused as fused_mod
-    module = fused_mod._module()
+    module = fused_mod.module()
     calls = []
 
     class Spy:

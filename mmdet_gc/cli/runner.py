@@ -57,7 +57,7 @@ def apply_gc(cfg: Config, name: str) -> None:
             f'{current}; pick the GC optimizer of the same algorithm so '
             'that its arguments carry over')
     optimizer['type'] = name
-    if optimizer.get('fused') and 'fused' in GC_OPTIMIZERS[name].torch_modes:
+    if optimizer.get('fused') and 'fused' in GC_OPTIMIZERS[name].refused_modes:
         # GC needs each row's mean, which torch's fused kernels do not
         # compute; the multi-tensor kernel is the nearest path (the SGD
         # and Adam families have fused kernels of their own and keep it).

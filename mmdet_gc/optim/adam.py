@@ -3,10 +3,12 @@
 Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461). Laid out as torch's
 ``torch/optim/adam.py``: thin classes over the functional :func:`adam_gc`,
-which dispatches to :func:`_single_tensor_adam_gc2` (the specification of
-GC on the update; GC on the gradient is torch's own Adam on the
-centralized gradient), :func:`_multi_tensor_adam_gc` (``foreach``) and
-:func:`fused_adam_gc` (the compiled CPU kernel of :mod:`.fused`).
+which chooses one kernel of one signature: :func:`_single_tensor_adam_gc`
+(the specification: :func:`_single_tensor_adam_gc2` for GC on the update,
+torch's own Adam on the centralized gradient otherwise),
+:func:`_multi_tensor_adam_gc` (``foreach``) and :func:`_fused_adam_gc`
+(the compiled CPU kernel of :mod:`.fused`, or torch's fused Adam on
+centralized gradients). No kernel calls the functional.
 
 =============  ========  ===========================  ======================
 name           decay     GC on                        centralized tensors
@@ -21,7 +23,7 @@ AdamW_GC2      decoupled the update incl. decay term  conv + fc
 AdamW_GCC2     decoupled the update incl. decay term  conv
 =============  ========  ===========================  ======================
 """
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -31,9 +33,9 @@ from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
 from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
-from .gc import (centralized_grads, decayed_grad, default_foreach,
-                 foreach_centralize, foreach_decayed_grads, has_complex,
-                 partition, row_mean, torch_step_on_centralized)
+from .gc import (centralized_grads, choose_kernel, decayed_grad,
+                 foreach_centralize, foreach_decayed_grads, foreach_row_means,
+                 has_complex, row_mean, split_step, torch_step_on_centralized)
 
 
 def _check_betas(betas: Tuple[Any, Any], foreach: Optional[bool],
@@ -71,12 +73,14 @@ class _AdamGCBase(GCOptimizer):
         maximize (bool): Maximize the objective. Defaults to False.
         foreach (bool, optional): Multi-tensor kernels; ``None`` chooses as
             torch.optim does.
-        fused (bool, optional): Use the compiled CPU kernel of
-            :mod:`mmdet_gc.optim.fused` (parallel over weight rows; compiled on
-            first use and cached). Where it cannot be built, and for
-            tensors off the CPU, one line is logged and the Python kernels
-            run. ``None`` / False: the Python kernels (opt-in, as torch's
-            fused Adam). Cannot be True together with ``foreach``.
+        fused (bool, optional): The fused step (:func:`_fused_adam_gc`):
+            on the CPU the compiled kernel of :mod:`mmdet_gc.optim.fused`
+            (compiled on first use and cached; where it cannot be built,
+            one line is logged and the single-tensor kernels run), on other
+            devices torch's fused Adam / AdamW on centralized gradients,
+            with a GradScaler's ``grad_scale`` / ``found_inf`` handled
+            inside. ``None`` / False: the Python kernels (opt-in, as
+            torch's fused Adam). Cannot be True together with ``foreach``.
         capturable, differentiable: torch.optim's modes, accepted at their
             off values only (use ``foreach`` instead).
         decoupled_weight_decay (bool, optional): As torch.optim.Adam; must
@@ -93,7 +97,7 @@ class _AdamGCBase(GCOptimizer):
     gc_on_update: bool = False
 
     #: ``fused`` is supported (:mod:`mmdet_gc.optim.fused`).
-    torch_modes = ('capturable', 'differentiable')
+    refused_modes = ('capturable', 'differentiable')
 
     def __init__(self,
                  params: Any,
@@ -177,8 +181,9 @@ class _AdamGCBase(GCOptimizer):
             [s['max_exp_avg_sq'] for s in states] if amsgrad else [],
             [s['step'] for s in states],
             centralized,
-            foreach=group['foreach'],
-            fused=group['fused'] and bool(params),
+            group['foreach'],
+            group['fused'],
+            *self.amp_scaling(),
             gc_on_update=self.gc_on_update,
             decoupled=self.decoupled,
             amsgrad=amsgrad,
@@ -213,6 +218,7 @@ class Adam_GC2(_AdamGCBase):
     """
 
     gc_on_update = True
+    amp_scaling_in_fused_step = False
 
 
 class Adam_GCC2(Adam_GC2):
@@ -247,6 +253,7 @@ class AdamW_GC2(AdamW_GC):
     """
 
     gc_on_update = True
+    amp_scaling_in_fused_step = False
 
 
 class AdamW_GCC2(AdamW_GC2):
@@ -263,6 +270,9 @@ def adam_gc(params: List[Tensor],
             state_steps: List[Tensor],
             centralized: List[bool],
             foreach: Optional[bool] = None,
+            fused: Optional[bool] = None,
+            grad_scale: Optional[Tensor] = None,
+            found_inf: Optional[Tensor] = None,
             *,
             gc_on_update: bool,
             decoupled: bool,
@@ -272,8 +282,7 @@ def adam_gc(params: List[Tensor],
             lr: Union[float, Tensor],
             weight_decay: float,
             eps: float,
-            maximize: bool,
-            fused: Optional[bool] = None) -> None:
+            maximize: bool) -> None:
     """Adam / AdamW with GC on the gradient or on the update.
 
     ``gc_on_update=False`` (``Adam_GC``, ``AdamW_GC``...): the gradient,
@@ -299,15 +308,30 @@ def adam_gc(params: List[Tensor],
         decoupled (bool): AdamW's decoupled weight decay instead of L2.
         amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
             torch.optim.Adam / AdamW.
-        fused (bool, optional): Use the compiled CPU kernel of
-            :func:`fused_adam_gc` (built on first use; where
-            it cannot be built, one line is logged and the single-tensor
-            kernels run). ``None`` means False: the fused kernel is opt-in.
-            Defaults to None.
+        fused (bool, optional): The fused step, :func:`_fused_adam_gc`
+            (opt-in). Defaults to None.
+        grad_scale (Tensor, optional): The scale the gradients carry
+            (GradScaler), unscaled inside the fused kernel only.
+        found_inf (Tensor, optional): 1 where GradScaler found an inf: the
+            fused kernel then leaves parameters and state as they were.
     """
-    # torch's kernels take the hyper-parameters as given (a tensor lr or
-    # betas included, for equality with torch.optim); ours take numbers.
-    hyper = dict(
+    if not params:
+        return
+    kernel = choose_kernel(params, foreach, fused, grad_scale, found_inf,
+                           _single_tensor_adam_gc, _multi_tensor_adam_gc,
+                           _fused_adam_gc)
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        centralized,
+        grad_scale,
+        found_inf,
+        gc_on_update=gc_on_update,
+        decoupled=decoupled,
         amsgrad=amsgrad,
         beta1=beta1,
         beta2=beta2,
@@ -315,51 +339,66 @@ def adam_gc(params: List[Tensor],
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize)
-    numbers = {k: scalar(v) for k, v in hyper.items()}
-    if _fused.use_fused(fused, foreach):
-        fused_adam_gc(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
-            state_steps,
-            centralized,
-            gc_on_update=gc_on_update,
-            decoupled=decoupled,
-            **hyper)
-        return
+
+
+def _torch_plain(lists: List[list], decoupled: bool, hyper: dict,
+                 **kw: Any) -> None:
+    """torch.optim's Adam / AdamW on the tensors GC leaves alone, the
+    hyper-parameters as given (a tensor lr or betas too)."""
     torch_kernel = _torch_adamw if decoupled else _torch_adam
-    if foreach is None:
-        foreach = default_foreach(params)
-    (gc_idx, gc_lists), (plain_idx,
-                         plain_lists) = partition(centralized, params, grads,
-                                                  exp_avgs, exp_avg_sqs,
-                                                  max_exp_avg_sqs, state_steps)
-    if plain_idx:
-        torch_kernel(
-            *plain_lists,
-            foreach=foreach,
-            has_complex=has_complex(plain_lists[0]),
-            **hyper)
-    if not gc_idx:
-        return
-    if foreach:
-        _multi_tensor_adam_gc(
-            *gc_lists,
-            gc_on_update=gc_on_update,
-            decoupled=decoupled,
-            **numbers)
-        return
-    if gc_on_update:
-        _single_tensor_adam_gc2(*gc_lists, decoupled=decoupled, **numbers)
-        return
-    # GC on the gradient: fold what precedes GC, then torch's Adam(W).
-    folded = 0. if decoupled else weight_decay
-    hyper.update(
-        maximize=False, weight_decay=weight_decay if decoupled else 0.)
-    torch_step_on_centralized(torch_kernel, gc_lists, folded, maximize,
-                              foreach, hyper)
+    torch_kernel(*lists, has_complex=has_complex(lists[0]), **kw, **hyper)
+
+
+def _single_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
+                           exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                           max_exp_avg_sqs: List[Tensor],
+                           state_steps: List[Tensor], centralized: List[bool],
+                           grad_scale: Optional[Tensor],
+                           found_inf: Optional[Tensor], *, gc_on_update: bool,
+                           decoupled: bool, **hyper: Any) -> None:
+    """The specification: GC on the update is
+    :func:`_single_tensor_adam_gc2`; GC on the gradient is torch's
+    single-tensor Adam(W) on ``GC((-)g + wd * p)`` (Adam) or ``GC((-)g)``
+    (AdamW), one tensor after the other."""
+    numbers = {k: scalar(v) for k, v in hyper.items()}
+    weight_decay, maximize = hyper['weight_decay'], hyper['maximize']
+
+    def step_gc(*lists):
+        if gc_on_update:
+            _single_tensor_adam_gc2(*lists, decoupled=decoupled, **numbers)
+            return
+        torch_step_on_centralized(
+            _torch_adamw if decoupled else _torch_adam, list(lists),
+            0. if decoupled else weight_decay, maximize, False,
+            dict(
+                hyper,
+                maximize=False,
+                weight_decay=weight_decay if decoupled else 0.))
+
+    split_step(
+        centralized,
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps],
+        step_gc, lambda *lists: _torch_plain(
+            list(lists), decoupled, hyper, foreach=False))
+
+
+def _multi_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
+                          exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                          max_exp_avg_sqs: List[Tensor],
+                          state_steps: List[Tensor], centralized: List[bool],
+                          grad_scale: Optional[Tensor],
+                          found_inf: Optional[Tensor], *, gc_on_update: bool,
+                          decoupled: bool, **hyper: Any) -> None:
+    """Foreach kernel of both modes (:func:`_foreach_adam_gc_centralized`
+    for the centralized tensors, torch's foreach Adam(W) for the others)."""
+    numbers = {k: scalar(v) for k, v in hyper.items()}
+    split_step(
+        centralized,
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps],
+        lambda *lists: _foreach_adam_gc_centralized(
+            *lists, gc_on_update=gc_on_update, decoupled=decoupled, **numbers),
+        lambda *lists: _torch_plain(
+            list(lists), decoupled, hyper, foreach=True))
 
 
 def _real(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -412,14 +451,17 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         param.sub_(delta.sub_(row_mean(delta)))
 
 
-def _multi_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
-                          exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                          max_exp_avg_sqs: List[Tensor],
-                          state_steps: List[Tensor], *, gc_on_update: bool,
-                          decoupled: bool, amsgrad: bool, beta1: float,
-                          beta2: float, lr: float, weight_decay: float,
-                          eps: float, maximize: bool) -> None:
-    """Foreach kernel of both modes (every tensor given here is centralized).
+def _foreach_adam_gc_centralized(params: List[Tensor], grads: List[Tensor],
+                                 exp_avgs: List[Tensor],
+                                 exp_avg_sqs: List[Tensor],
+                                 max_exp_avg_sqs: List[Tensor],
+                                 state_steps: List[Tensor], *,
+                                 gc_on_update: bool, decoupled: bool,
+                                 amsgrad: bool, beta1: float, beta2: float,
+                                 lr: float, weight_decay: float, eps: float,
+                                 maximize: bool) -> None:
+    """Foreach steps of both modes (every tensor given here is
+    centralized).
 
     GC on the gradient: torch's foreach Adam(W) on ``GC((-)g + wd * p)``;
     GC on the update: :func:`_single_tensor_adam_gc2`. Both to rounding,
@@ -446,9 +488,8 @@ def _multi_tensor_adam_gc(params: List[Tensor], grads: List[Tensor],
                 dev_params, dev_grads, l2, maximize, foreach=True)
         if decoupled and weight_decay != 0:
             if gc_on_update:
-                torch._foreach_lerp_(
-                    dev_params, [row_mean(p).to(p.dtype) for p in dev_params],
-                    lr * weight_decay)
+                torch._foreach_lerp_(dev_params, foreach_row_means(dev_params),
+                                     lr * weight_decay)
             else:
                 torch._foreach_mul_(dev_params, 1 - lr * weight_decay)
         # Complex tensors: moments and step on the real views, as torch.
@@ -502,114 +543,134 @@ def _foreach_add_scaled_(tensors: List[Tensor], others: List[Tensor],
                             alpha=scale)
 
 
-def fused_adam_gc(params: List[Tensor], grads: List[Tensor],
-                  exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                  max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
-                  centralized: List[bool], *, gc_on_update: bool,
-                  decoupled: bool, amsgrad: bool, beta1: float, beta2: float,
-                  lr: Union[float, Tensor], weight_decay: float, eps: float,
-                  maximize: bool) -> None:
-    """Adam / AdamW with GC through the compiled CPU kernel
-    (``fused=True``).
+def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
+                   exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                   max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
+                   centralized: List[bool], grad_scale: Optional[Tensor],
+                   found_inf: Optional[Tensor], *, gc_on_update: bool,
+                   decoupled: bool, **hyper: Any) -> None:
+    """The fused step (``fused=True``); which kernel runs is
+    :func:`~mmdet_gc.optim.fused.fused_kernel`'s choice:
 
-    Same update and arguments as :func:`adam_gc`.
-    Centralized, contiguous CPU tensors of float32, float64, float16 or
-    bfloat16 go through one call of the C++ kernel; other centralized
-    tensors (channels_last, strided, complex) take the single-tensor
-    kernels, and tensors that are not centralized take torch's fused Adam /
-    AdamW kernel, so that a group with GC off equals
-    ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)`` (complex
-    ones: torch's single-tensor kernel). A parameter takes the
-    single-tensor kernels too where it, its gradient, a moment or its step
-    does not read as values (:func:`_reads_as_values`: not contiguous, or
-    with the negative or conjugate bit).
+    - ``'gc'`` (CPU tensors, no GradScaler): centralized, contiguous
+      tensors of float32, float64, float16 or bfloat16 go through one call
+      of the C++ kernel (:mod:`.fused`); other centralized tensors
+      (channels_last, strided, complex) take the single-tensor kernel, and
+      tensors that are not centralized torch's fused Adam / AdamW, so that
+      a group with GC off equals ``torch.optim.Adam(fused=True)`` /
+      ``AdamW(fused=True)``;
+    - ``'torch'`` (other devices, a GradScaler's tensors, or
+      ``MMDET_GC_FUSED=torch``): with GC on the gradient, the centralized
+      gradients (``GC((-)g + wd * s * p)`` for Adam, ``GC((-)g)`` for
+      AdamW) are made into one scratch buffer per device and dtype and
+      torch's own fused Adam / AdamW steps on them, unscaling and skipping
+      inside. GC on the update (the "2" variants) needs the update, which
+      torch's fused kernel applies without returning it: there the
+      foreach kernel runs (one line says so), and these classes leave
+      unscaling and skipping to the GradScaler, as torch's non-fused
+      optimizers do;
+    - ``'spec'`` (no compiled kernel on the CPU): the single-tensor kernels.
 
-    Where the kernel cannot be built, or for tensors that are not on the
-    CPU, one line is logged per process and the step runs
-    :func:`adam_gc` with ``foreach=False`` (CPU) or
-    ``foreach=True`` (other devices) instead.
-
-    Args:
-        params (list[Tensor]): Parameters, updated in place.
-        grads (list[Tensor]): Their dense gradients (never modified).
-        exp_avgs, exp_avg_sqs (list[Tensor]): The moments, updated in place.
-        max_exp_avg_sqs (list[Tensor]): With ``amsgrad``, the running
-            maxima of ``exp_avg_sqs``; an empty list otherwise.
-        state_steps (list[Tensor]): Float step counts, incremented in place.
-        centralized (list[bool]): Whether GC applies to each parameter.
-        gc_on_update (bool): Centralize the update instead of the gradient.
-        decoupled (bool): AdamW's decoupled weight decay instead of L2.
-        amsgrad, beta1, beta2, lr, weight_decay, eps, maximize: As
-            torch.optim.Adam / AdamW.
+    Arguments as :func:`adam_gc`.
     """
-    if not params:
-        return
-    hyper = dict(
-        amsgrad=amsgrad,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize)
     lists = [
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
     ]
-
-    module, on_cpu = _fused._module_for(params)
-    moment_lists = [exp_avgs, exp_avg_sqs] + \
-        ([max_exp_avg_sqs] if amsgrad else [])
-    if module is None or _fused._shares_written_memory(module, [
-            *params, *(t for lst in moment_lists for t in lst),
+    modes = dict(gc_on_update=gc_on_update, decoupled=decoupled)
+    kernel = _fused.fused_kernel(params, grad_scale, found_inf)
+    if kernel == 'torch' and gc_on_update:
+        _fused.log_once(
+            'GC on the update needs the update, which torch\'s '
+            'fused Adam does not return', 'the foreach kernel',
+            'fused=True with '
+            'gc_on_update')
+        unscaled = _fused.host_unscale(grads, grad_scale, found_inf)
+        if unscaled is not None:
+            _multi_tensor_adam_gc(*lists[:1], unscaled, *lists[2:],
+                                  centralized, None, None, **modes, **hyper)
+        return
+    if kernel == 'torch':
+        _torch_fused_adam_gc(lists, centralized, grad_scale, found_inf,
+                             decoupled, hyper)
+        return
+    moments = [exp_avgs, exp_avg_sqs
+               ] + ([max_exp_avg_sqs] if hyper['amsgrad'] else [])
+    if kernel == 'spec' or _fused.shares_written_memory([
+            *params, *(t for lst in moments for t in lst),
             *(s for s in state_steps if torch.is_tensor(s))
     ], grads):
-        adam_gc(
-            *lists,
-            centralized,
-            foreach=not on_cpu,
-            gc_on_update=gc_on_update,
+        _single_tensor_adam_gc(*lists, centralized, None, None, **modes,
+                               **hyper)
+        return
+    # The compiled kernel takes numbers; torch's kernels, the values as
+    # given.
+    lr, beta1, beta2, eps, weight_decay = (
+        scalar(hyper[k])
+        for k in ('lr', 'beta1', 'beta2', 'eps', 'weight_decay'))
+    how = _fused.route(
+        'adam',
+        'gc',
+        params, [grads, *moments],
+        centralized,
+        scalars=(lr, weight_decay, lr * weight_decay, eps, beta1, beta2,
+                 1 - beta1, 1 - beta2, lr / (1 - beta1)),
+        steps=state_steps)
+    for key in ('gc', 'torch', 'spec'):
+        idx = [i for i, h in enumerate(how) if h == key]
+        if not idx:
+            continue
+        sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+        if key == 'gc':
+            _fused.module().adam_gc_(*sub, gc_on_update, decoupled,
+                                     hyper['amsgrad'], beta1, beta2, lr,
+                                     weight_decay, eps, hyper['maximize'])
+        elif key == 'torch':
+            _torch_plain(sub, decoupled, hyper, foreach=False, fused=True)
+        else:
+            _single_tensor_adam_gc(*sub, [centralized[i] for i in idx], None,
+                                   None, **modes, **hyper)
+
+
+def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
+                         grad_scale: Optional[Tensor],
+                         found_inf: Optional[Tensor], decoupled: bool,
+                         hyper: dict) -> None:
+    """torch's fused Adam / AdamW on centralized gradients (GC on the
+    gradient; see :func:`_fused_adam_gc`)."""
+    params, grads = lists[0], lists[1]
+    moments = [lists[2], lists[3]] + ([lists[4]] if hyper['amsgrad'] else [])
+    how = _fused.route(
+        'adam', 'torch', params, [grads, *moments], steps=lists[5])
+    grads = _fused.torch_fused_grads(
+        params, grads, how, centralized,
+        0. if decoupled else hyper['weight_decay'], hyper['maximize'],
+        grad_scale)
+    lists = [lists[0], grads, *lists[2:]]
+    amp = dict(grad_scale=grad_scale, found_inf=found_inf)
+    for gc_on in (True, False):
+        idx = [
+            i for i, h in enumerate(how)
+            if h == 'torch' and bool(centralized[i]) is gc_on
+        ]
+        if not idx:
+            continue
+        sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+        kw = dict(
+            hyper,
+            maximize=False,
+            weight_decay=hyper['weight_decay'] if decoupled else 0.) \
+            if gc_on else hyper
+        _torch_plain(sub, decoupled, kw, foreach=False, fused=True, **amp)
+    rest = [i for i, h in enumerate(how) if h == 'spec']
+    unscaled = _fused.host_unscale([lists[1][i] for i in rest], grad_scale,
+                                   found_inf) if rest else None
+    if unscaled is not None:
+        sub = [[lst[i] for i in rest] if lst else [] for lst in lists]
+        sub[1] = unscaled
+        _single_tensor_adam_gc(
+            *sub, [centralized[i] for i in rest],
+            None,
+            None,
+            gc_on_update=False,
             decoupled=decoupled,
             **hyper)
-        return
-
-    # The compiled kernel takes numbers; torch's kernels below, the values
-    # as given.
-    lr, beta1, beta2 = (scalar(v) for v in (lr, beta1, beta2))
-    half_ok = _fused._half_safe(lr, weight_decay, lr * weight_decay, eps,
-                                beta1, beta2, 1 - beta1, 1 - beta2,
-                                lr / (1 - beta1))
-    takes = _fused._fused_takes(module, params, grads, *moment_lists)
-    kernel = [
-        bool(centralized[i])
-        and _fused._adam_kernel_takes(params[i], takes[i], state_steps[i])
-        and (params[i].dtype != torch.float16 or half_ok)
-        for i in range(len(params))
-    ]
-    (k_idx, k_lists), (rest_idx, _) = partition(kernel, *lists)
-    if k_idx:
-        module.adam_gc_(*k_lists, gc_on_update, decoupled, amsgrad, beta1,
-                        beta2, lr, weight_decay, eps, maximize)
-    # The rest: plain tensors for torch's fused kernel, and the tensors no
-    # fused kernel takes (the single-tensor kernels).
-    groups: Dict[bool, List[int]] = {}
-    for i in rest_idx:
-        torch_fused = not centralized[i] and _fused._torch_fused_adam_takes(
-            params[i], takes[i], state_steps[i])
-        groups.setdefault(torch_fused, []).append(i)
-    for torch_fused, idx in groups.items():
-        sub = [_fused._take(lst, idx) if lst else [] for lst in lists]
-        if torch_fused:
-            _torch_adam(
-                *sub,
-                foreach=False,
-                fused=True,
-                decoupled_weight_decay=decoupled,
-                **hyper)
-        else:
-            adam_gc(
-                *sub,
-                _fused._take(centralized, idx),
-                foreach=False,
-                gc_on_update=gc_on_update,
-                decoupled=decoupled,
-                **hyper)

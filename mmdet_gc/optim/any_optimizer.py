@@ -117,9 +117,9 @@ class _UpdateGC:
                                       "torch's ops")
         if module is None:
             return []
-        takes = _fused._fused_takes(module, cpu)
-        kernel = [p for p, t in zip(cpu, takes) if _fused._kernel_takes(p, t)]
-        if _fused._shares_written_memory(module, kernel, []):
+        how = _fused.route('update', 'gc', cpu)
+        kernel = [p for p, h in zip(cpu, how) if h == 'gc']
+        if _fused.shares_written_memory(kernel, []):
             return []  # in order, one weight after the other: torch's ops
         self.module = module
         return kernel

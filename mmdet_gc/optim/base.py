@@ -90,19 +90,33 @@ class GCOptimizer(Optimizer):
     gc_conv_only: bool = False
     #: Name of the torch.optim optimizer this one adds GC to.
     base_algorithm: str = ''
-    #: torch.optim's execution modes this class takes at their off values
-    #: only (``None`` / ``False``): GC needs each weight row's mean, which
-    #: none of those paths computes.
-    torch_modes: Tuple[str, ...] = ('fused', 'differentiable')
+    #: torch.optim's execution modes this class refuses at ``True``
+    #: (accepted at ``None`` / ``False`` only): GC needs each weight row's
+    #: mean, which none of those paths computes.
+    refused_modes: Tuple[str, ...] = ('fused', 'differentiable')
+    #: Whether the fused step takes a GradScaler's ``grad_scale`` and
+    #: ``found_inf`` (unscaling and skipping inside, as torch's fused
+    #: kernels): set on an instance built with ``fused=True``.
+    amp_scaling_in_fused_step: bool = True
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
         defaults.setdefault('gc', True)
         if defaults.get('gc_conv_only') is None:
             defaults['gc_conv_only'] = self.gc_conv_only
         super().__init__(params, defaults)
+        if defaults.get('fused') and self.amp_scaling_in_fused_step:
+            # GradScaler then hands its scale and inf flag to step() and
+            # neither unscales nor syncs with the host itself.
+            self._step_supports_amp_scaling = True
+
+    def amp_scaling(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The ``(grad_scale, found_inf)`` a GradScaler set for this step
+        (``(None, None)`` without one)."""
+        return (getattr(self, 'grad_scale',
+                        None), getattr(self, 'found_inf', None))
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        for mode in self.torch_modes:
+        for mode in self.refused_modes:
             if param_group.get(mode, self.defaults.get(mode)):
                 raise ValueError(
                     f'{type(self).__name__} does not support {mode}=True: '
@@ -126,7 +140,7 @@ class GCOptimizer(Optimizer):
             group.setdefault('gc_conv_only', self.gc_conv_only)
             group.setdefault('maximize', False)
             group.setdefault('foreach', None)
-            for mode in self.torch_modes:
+            for mode in self.refused_modes:
                 group.setdefault(mode, None if mode == 'fused' else False)
         # Older checkpoints (and torch's test_load_nontensor_step) hold
         # ``step`` as a number; the kernels want a tensor, as torch's do.

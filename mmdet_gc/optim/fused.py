@@ -1,10 +1,12 @@
-"""Fused CPU kernels of SGD and Adam with Gradient Centralization
-(``fused=True``).
+"""The fused step (``fused=True``): building our compiled CPU kernels,
+choosing a fused step's kernel (:func:`fused_kernel`) and each
+parameter's (:func:`route`, the one eligibility rule).
 
-Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
-Neural Networks", ECCV 2020 (arXiv:2004.01461).
+On CUDA (and wherever a GradScaler passes ``grad_scale`` / ``found_inf``)
+a fused step runs torch's own fused kernels of the family on centralized
+gradients; on the CPU, our compiled kernels:
 
-:func:`~mmdet_gc.optim.sgd.fused_sgd_gc` updates every centralized CPU
+:func:`~mmdet_gc.optim.sgd._fused_sgd_gc` updates every centralized CPU
 parameter in one call of a C++ kernel (``csrc/sgd_gc_fused.cpp``, parallel over
 weight rows): per row, one pass reads the gradient and the parameter and sums
 the decayed gradient, and a second one, from cache, writes the new momentum
@@ -15,7 +17,7 @@ of each row mean, and does not depend on the thread count; the state stays
 ``momentum_buffer``, so a state dict moves freely between the fused, the
 foreach and the single-tensor kernels.
 
-:func:`~mmdet_gc.optim.adam.fused_adam_gc` does the same for Adam / AdamW with
+:func:`~mmdet_gc.optim.adam._fused_adam_gc` does the same for Adam / AdamW with
 GC on the gradient or on the update (``csrc/adam_gc_fused.cpp``): memory sees
 the gradient, the parameter and each moment about once; it rounds as
 :func:`mmdet_gc.optim.adam._single_tensor_adam_gc2` and torch's single-tensor
@@ -43,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-from .gc import partition
+from .gc import centralized_grads
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
 #: falls back to the Python kernels).
@@ -145,7 +147,7 @@ def _build() -> Any:
         torch_log.setLevel(level)
 
 
-def _module() -> Optional[Any]:
+def module() -> Optional[Any]:
     """The compiled module (built on the first call), or None."""
     if os.environ.get(NO_BUILD_ENV, '0') not in ('', '0'):
         return None
@@ -171,7 +173,7 @@ def fused_unavailable_reason() -> Optional[str]:
     """
     if os.environ.get(NO_BUILD_ENV, '0') not in ('', '0'):
         return f'{NO_BUILD_ENV} is set'
-    if _module() is None:
+    if module() is None:
         return _state['reason']
     return None
 
@@ -191,13 +193,13 @@ def fused_available() -> bool:
 def module_or_log(what: str, fallback: str) -> Optional[Any]:
     """The compiled module for CPU tensors, or None, with one line per
     reason and process that says ``what`` runs ``fallback`` instead."""
-    module = _module()
-    if module is None:
-        _log_once(fused_unavailable_reason() or 'not built', fallback, what)
-    return module
+    built = module()
+    if built is None:
+        log_once(fused_unavailable_reason() or 'not built', fallback, what)
+    return built
 
 
-def _log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
+def log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
     if (reason, what) in _logged:
         return
     _logged.add((reason, what))
@@ -209,23 +211,199 @@ def _log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
         level=logging.WARNING)
 
 
-def _module_for(params: Sequence[Tensor]) -> Tuple[Optional[Any], bool]:
-    """The compiled module for a step over ``params`` and whether they are
-    all on the CPU. Without a module (no build, or tensors elsewhere) one
-    line per reason and process says what runs instead: the single-tensor
-    Python kernels on the CPU, the foreach kernels on other devices."""
+#: Set to ``torch`` to run the fused step through torch's fused kernels on
+#: centralized gradients on the CPU too (the path CUDA takes), e.g. to test
+#: it without a GPU.
+FUSED_ENV = 'MMDET_GC_FUSED'
+
+
+def fused_kernel(params: Sequence[Tensor],
+                 grad_scale: Optional[Tensor] = None,
+                 found_inf: Optional[Tensor] = None) -> str:
+    """Which kernel a fused step (``fused=True``) over ``params`` runs.
+
+    Args:
+        params (Sequence[Tensor]): The step's parameters.
+        grad_scale (Tensor, optional): A GradScaler's scale, to unscale by
+            inside the kernel.
+        found_inf (Tensor, optional): A GradScaler's inf flag, to skip on
+            inside the kernel.
+
+    Returns:
+        str: ``'gc'``: our compiled kernel (CPU tensors, no GradScaler
+        tensors, the extension built); ``'torch'``: torch's own fused
+        kernel of the family on centralized gradients (other devices, a
+        GradScaler's tensors, which only torch's kernels take, or
+        ``MMDET_GC_FUSED=torch``); ``'spec'``: the single-tensor kernel
+        (CPU tensors and no extension: one line is logged).
+    """
     on_cpu = all(p.device.type == 'cpu' for p in params)
-    module = _module() if on_cpu else None
-    if module is None:
-        if on_cpu:
-            _log_once(fused_unavailable_reason() or 'not built',
-                      'the single-tensor Python kernels')
+    if not on_cpu or grad_scale is not None or found_inf is not None or \
+            os.environ.get(FUSED_ENV, '') == 'torch':
+        return 'torch'
+    if module() is None:
+        log_once(fused_unavailable_reason() or 'not built',
+                 'the single-tensor Python kernels')
+        return 'spec'
+    return 'gc'
+
+
+#: torch's fused kernels by family: the devices (torch's own list) and the
+#: dtypes each steps correctly. torch 2.13's CPU SGD kernel leaves float16
+#: and bfloat16 parameters unchanged (but for a few tail elements), so
+#: those take the single-tensor kernel there; its Adagrad kernel is CPU
+#: only.
+_TORCH_FUSED = {
+    'sgd': {
+        'cpu': (torch.float32, torch.float64),
+        None: _DTYPES
+    },
+    'adam': {
+        None: _DTYPES
+    },
+    'adagrad': {
+        'cpu': _DTYPES
+    },
+}
+
+
+def _torch_fused_dtypes(family: str, device: torch.device) -> tuple:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    table = _TORCH_FUSED[family]
+    if device.type in table:
+        return table[device.type]
+    if None in table and \
+            device.type in _get_fused_kernels_supported_devices():
+        return table[None]
+    return ()
+
+
+def route(family: str,
+          kernel: str,
+          params: Sequence[Tensor],
+          states: Sequence[Sequence[Any]] = (),
+          centralized: Optional[Sequence[bool]] = None,
+          scalars: Sequence[float] = (),
+          steps: Optional[Sequence[Any]] = None) -> List[str]:
+    """Per parameter, the kernel that steps it in a fused step: the one
+    eligibility rule of every fused path.
+
+    A parameter goes to a fused kernel only where it and its tensors
+    (``states``: its gradient, momentum buffer or moments; None: made by
+    the kernel) read as values (contiguous, without the negative or
+    conjugate bit: the kernels walk memory from ``data_ptr()``), with the
+    parameter's shape, dtype and device, and share no written memory with
+    another tensor of the step (checked by the caller,
+    :func:`shares_written_memory`).
+
+    Args:
+        family (str): ``'sgd'``, ``'adam'``, ``'adagrad'`` or ``'update'``
+            (GC on the update of any optimizer: parameters only).
+        kernel (str): What :func:`fused_kernel` chose, ``'gc'`` or
+            ``'torch'``.
+        params (Sequence[Tensor]): The parameters.
+        states (Sequence[Sequence]): Per state list, one entry per
+            parameter.
+        centralized (Sequence[bool], optional): Whether GC applies to
+            each parameter (default: all).
+        scalars (Sequence[float]): The hyper-parameters our kernel rounds
+            to a float16 parameter's dtype (a value beyond float16's range
+            sends it to the specification, which says what is wrong).
+        steps (Sequence, optional): Adam's step counts: CPU float scalars
+            that read as values.
+
+    Returns:
+        list[str]: ``'gc'`` (our compiled kernel), ``'torch'`` (torch's
+        fused kernel of the family; with ``kernel='torch'`` centralized
+        parameters too, on centralized gradients) or ``'spec'`` (the
+        single-tensor kernel).
+    """
+    centralized = [True] * len(params) if centralized is None else \
+        centralized
+    if kernel == 'gc':
+        takes = module().fused_takes(
+            list(params), [_tensors(s) for s in states])
+    else:
+        takes = [
+            all(
+                _reads_as_values(t) and t.shape == p.shape
+                and t.dtype == p.dtype and t.device == p.device for t in ts
+                if t is not None) for p, *ts in zip(params, *states)
+        ] if states else [_reads_as_values(p) for p in params]
+    half_ok = _half_safe(*scalars)
+    out = []
+    for i, p in enumerate(params):
+        step_ok = steps is None or (
+            _reads_as_values(steps[i]) and steps[i].numel() == 1
+            and steps[i].dtype in (torch.float32, torch.float64) and
+            (kernel == 'torch' or steps[i].device.type == 'cpu'))
+        ours = kernel == 'gc' and bool(centralized[i])
+        if not (takes[i] and step_ok):
+            out.append('spec')
+        elif ours:
+            ok = p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0 and \
+                (p.dtype != torch.float16 or half_ok)
+            out.append('gc' if ok else 'spec')
         else:
-            devices = sorted({p.device.type for p in params} - {'cpu'})
-            _log_once(
-                f'parameters on {", ".join(devices)}: it runs on CPU '
-                'tensors only', 'the foreach kernels')
-    return module, on_cpu
+            ok = family != 'update' and \
+                p.dtype in _torch_fused_dtypes(family, p.device)
+            out.append('torch' if ok else 'spec')
+    return out
+
+
+def torch_fused_grads(params: Sequence[Tensor], grads: Sequence[Tensor],
+                      how: Sequence[str], centralized: Sequence[bool],
+                      weight_decay: float, maximize: bool,
+                      grad_scale: Optional[Tensor]) -> List[Tensor]:
+    """The gradients a ``'torch'`` fused step hands torch's kernel: for the
+    centralized parameters :func:`route` gave it,
+    ``GC((-)g + weight_decay * s * p)`` in one scratch buffer per device
+    and dtype (``s``: the GradScaler's scale; ``p.grad`` is never
+    modified); the others' gradients as they are."""
+    grads = list(grads)
+    idx = [i for i, h in enumerate(how) if h == 'torch' and centralized[i]]
+    if not idx:
+        return grads
+    grouped = torch.optim.Optimizer._group_tensors_by_device_and_dtype(
+        [[params[i] for i in idx], [grads[i] for i in idx]], with_indices=True)
+    for (dev_params, dev_grads), indices in grouped.values():
+        scratch = centralized_grads(dev_params, dev_grads, weight_decay,
+                                    maximize, True, grad_scale)
+        for j, t in zip(indices, scratch):
+            grads[idx[j]] = t
+    return grads
+
+
+def shares_written_memory(written: Sequence[Optional[Tensor]],
+                          read: Sequence[Tensor]) -> bool:
+    """Whether a tensor the step writes (``written``: parameters and state)
+    overlaps the memory of any other tensor of the step (``written`` or
+    ``read``: the gradients); one call of the compiled module.
+
+    The kernels read each row before they write it and update the rows of
+    all parameters in parallel, the specification one tensor after the
+    other; where tensors share memory (a gradient that is its parameter or
+    another one, views of one tensor) the order matters, so such a step
+    runs the specification. Tensors that are only read, or that share a
+    storage without overlapping (DDP's bucket views), do not count; a
+    contiguous tensor spans its bytes, any other its whole storage.
+    """
+    return module().shares_written_memory(_tensors(written), _tensors(read))
+
+
+def host_unscale(grads: List[Tensor], grad_scale: Optional[Tensor],
+                 found_inf: Optional[Tensor]) -> Optional[List[Tensor]]:
+    """The unscaled gradients for tensors no fused kernel takes under a
+    GradScaler (e.g. complex ones), or None when the step is to be skipped.
+
+    ``found_inf`` is read on the host: the one host read of a fused step,
+    and only for such tensors.
+    """
+    if found_inf is not None and bool(found_inf):
+        return None
+    if grad_scale is None:
+        return grads
+    return list(torch._foreach_div(grads, grad_scale))
 
 
 #: What a state entry that is no tensor (e.g. a number loaded into
@@ -241,23 +419,6 @@ def _tensors(values: Sequence[Any]) -> List[Optional[Tensor]]:
         v if v is None or isinstance(v, Tensor) else _NOT_A_TENSOR
         for v in values
     ]
-
-
-def _shares_written_memory(module: Any, written: Sequence[Optional[Tensor]],
-                           read: Sequence[Tensor]) -> bool:
-    """Whether a tensor the step writes (``written``: parameters and state)
-    overlaps the memory of any other tensor of the step (``written`` or
-    ``read``: the gradients); one call of the compiled module.
-
-    The kernels read each row before they write it and update the rows of
-    all parameters in parallel, the specification one tensor after the
-    other; where tensors share memory (a gradient that is its parameter or
-    another one, views of one tensor) the order matters, so such a step
-    runs the specification. Tensors that are only read, or that share a
-    storage without overlapping (DDP's bucket views), do not count; a
-    contiguous tensor spans its bytes, any other its whole storage.
-    """
-    return module.shares_written_memory(_tensors(written), _tensors(read))
 
 
 def _half_safe(*values: float) -> bool:
@@ -284,71 +445,3 @@ def _reads_as_values(t: Any) -> bool:
     """
     return (torch.is_tensor(t) and t.layout == torch.strided
             and t.is_contiguous() and not t.is_neg() and not t.is_conj())
-
-
-def _fused_takes(module: Any, params: Sequence[Tensor], *others:
-                 Sequence[Optional[Tensor]]) -> List[bool]:
-    """Per parameter, whether a fused kernel may take it with its tensors
-    in ``others`` (its gradient and state; None: made by the kernel): every
-    one reads as values (:func:`_reads_as_values`), with the shape, dtype
-    and device of the parameter. One call of the compiled module for the
-    whole step. Memory they share: :func:`_shares_written_memory`."""
-    return module.fused_takes(list(params), [_tensors(o) for o in others])
-
-
-def _kernel_takes(p: Tensor, takes: bool) -> bool:
-    """Whether a C++ kernel handles this centralized tensor: of a supported
-    dtype, with rows, and taken with its gradient and state
-    (``takes``: :func:`_fused_takes`)."""
-    return takes and p.dtype in _DTYPES and p.dim() >= 2 and p.numel() > 0
-
-
-def _torch_fused_takes(p: Tensor, takes: bool) -> bool:
-    """Whether torch's fused SGD kernel handles this plain tensor, taken
-    with its gradient and buffer (``takes``: :func:`_fused_takes`).
-
-    float32 / float64 only: torch 2.13's CPU kernel leaves float16 and
-    bfloat16 parameters unchanged (but for a few tail elements), so those
-    take torch's single-tensor kernel.
-    """
-    return takes and p.dtype in (torch.float32, torch.float64)
-
-
-def _mul_(tensors: List[Tensor], scale: float) -> None:
-    """``t *= scale`` for each tensor (SGDW's decay): one foreach call for
-    those that read as values; torch's foreach ops refuse a negative or
-    conjugate bit in a list they write, so the others take ``mul_``."""
-    (_, (plain, )), (_, (others, )) = partition(
-        [_reads_as_values(t) for t in tensors], tensors)
-    if plain:
-        torch._foreach_mul_(plain, scale)
-    for t in others:
-        t.mul_(scale)
-
-
-def _take(lst: Sequence, idx: Sequence[int]) -> list:
-    return [lst[i] for i in idx]
-
-
-def _adam_kernel_takes(p: Tensor, takes: bool, step: Any) -> bool:
-    """:func:`_kernel_takes` with the moments as state, and a float CPU
-    step count that reads as values."""
-    return (_kernel_takes(p, takes) and _reads_as_values(step)
-            and step.device.type == 'cpu' and step.numel() == 1
-            and step.dtype in (torch.float32, torch.float64))
-
-
-def _torch_fused_adam_takes(p: Tensor, takes: bool, step: Any) -> bool:
-    """Whether torch's fused Adam kernel handles this plain tensor, taken
-    with its gradient and moments (``takes``: :func:`_fused_takes`), with a
-    step count that reads as values; real floating dtypes: torch 2.13's CPU
-    kernel updates all four correctly."""
-    return takes and p.dtype in _DTYPES and _reads_as_values(step)
-
-
-def use_fused(fused: Optional[bool], foreach: Optional[bool]) -> bool:
-    """Whether to run the compiled kernel (this module); it is
-    opt-in, and exclusive with ``foreach`` as torch's fused kernels are."""
-    if fused and foreach:
-        raise ValueError('`fused` and `foreach` cannot be `True` together')
-    return bool(fused)

@@ -5,14 +5,16 @@ Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
 Neural Networks", ECCV 2020 (arXiv:2004.01461).
 
 The classes are thin: they gather each group's tensors and call the
-functional :func:`sgd_gc`, which dispatches to one of three kernels of one
-signature: :func:`_single_tensor_sgd_gc` (the specification),
-:func:`_multi_tensor_sgd_gc` (``foreach``) and :func:`fused_sgd_gc` (the
-compiled CPU kernel of :mod:`.fused`). Tensors that are not centralized
-take torch.optim's own kernels. Gradients are never modified, and the
-momentum buffer is never centralized.
+functional :func:`sgd_gc`, which applies SGDW's decoupled decay and chooses
+one of three kernels of one signature: :func:`_single_tensor_sgd_gc` (the
+specification), :func:`_multi_tensor_sgd_gc` (``foreach``) and
+:func:`_fused_sgd_gc` (``fused``: the compiled CPU kernel of :mod:`.fused`,
+or torch's own fused SGD on centralized gradients). No kernel calls the
+functional. Tensors that are not centralized take torch.optim's own
+kernels. Gradients are never modified, and the momentum buffer is never
+centralized.
 """
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -21,7 +23,9 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
-from .gc import centralized_grad, centralized_grads, default_foreach, partition
+from .gc import (add_scaled_, centralized_grad, centralized_grads,
+                 choose_kernel, decoupled_decay_, foreach_add_scaled_,
+                 split_step)
 
 
 class SGD_GC(GCOptimizer):
@@ -54,12 +58,14 @@ class SGD_GC(GCOptimizer):
         foreach (bool, optional): Use the multi-tensor kernel; ``None``
             chooses as torch.optim does (foreach on CUDA, a loop on CPU).
         differentiable (bool): Only False (torch's default) is supported.
-        fused (bool, optional): Use the compiled CPU kernel of
-            :mod:`mmdet_gc.optim.fused` (parallel over weight rows; compiled on
-            first use and cached). Where it cannot be built, and for
-            tensors off the CPU, one line is logged and the Python kernels
-            run. ``None`` / False: the Python kernels (opt-in, as torch's
-            fused SGD). Cannot be True together with ``foreach``.
+        fused (bool, optional): The fused step (:func:`_fused_sgd_gc`):
+            on the CPU the compiled kernel of :mod:`mmdet_gc.optim.fused`
+            (compiled on first use and cached; where it cannot be built,
+            one line is logged and the single-tensor kernel runs), on
+            other devices torch's fused SGD on centralized gradients, with
+            a GradScaler's ``grad_scale`` / ``found_inf`` handled inside.
+            ``None`` / False: the Python kernels (opt-in, as torch's fused
+            SGD). Cannot be True together with ``foreach``.
         gc (bool): Apply GC at all (a param-group key). Defaults to True.
         gc_conv_only (bool, optional): Centralize conv weights only (a
             param-group key). Defaults to False for ``SGD_GC`` and True for
@@ -73,8 +79,7 @@ class SGD_GC(GCOptimizer):
     base_algorithm = 'SGD'
     #: Decoupled weight decay (SGDW) instead of an L2 penalty.
     decoupled: bool = False
-    #: ``fused`` is supported (:mod:`mmdet_gc.optim.fused`).
-    torch_modes = ('differentiable', )
+    refused_modes = ('differentiable', )
 
     def __init__(self,
                  params: Any,
@@ -123,46 +128,25 @@ class SGD_GC(GCOptimizer):
     def _update_group(self, group: dict, params: List[Tensor],
                       grads: List[Tensor], centralized: List[bool]) -> None:
         momentum = group['momentum']
-        lr = scalar(group['lr'])
-        hyper = dict(
-            weight_decay=scalar(group['weight_decay']),
-            momentum=momentum,
-            lr=lr,
-            dampening=group['dampening'],
-            nesterov=group['nesterov'],
-            maximize=group['maximize'])
         bufs = [
             self.state[p].get('momentum_buffer') if momentum != 0 else None
             for p in params
         ]
-        if group['fused'] and params:
-            # SGDW's decay is fused into the kernel as well.
-            fused_sgd_gc(
-                params,
-                grads,
-                bufs,
-                centralized,
-                decoupled=self.decoupled,
-                **hyper)
-        else:
-            if self.decoupled and hyper['weight_decay'] != 0 and params:
-                # p = p_old - lr * d - lr * wd * p_old: scale first, then
-                # the (decay-free) SGD step below adds -lr * d.
-                scale = 1 - lr * hyper['weight_decay']
-                if group['foreach'] or (group['foreach'] is None
-                                        and default_foreach(params)):
-                    torch._foreach_mul_(params, scale)
-                else:
-                    for p in params:
-                        p.mul_(scale)
-                hyper['weight_decay'] = 0.
-            sgd_gc(
-                params,
-                grads,
-                bufs,
-                centralized,
-                foreach=group['foreach'],
-                **hyper)
+        sgd_gc(
+            params,
+            grads,
+            bufs,
+            centralized,
+            group['foreach'],
+            group['fused'],
+            *self.amp_scaling(),
+            weight_decay=group['weight_decay'],
+            momentum=momentum,
+            lr=group['lr'],
+            dampening=group['dampening'],
+            nesterov=group['nesterov'],
+            maximize=group['maximize'],
+            decoupled=self.decoupled)
         if momentum != 0:
             for p, buf in zip(params, bufs):
                 self.state[p]['momentum_buffer'] = buf
@@ -205,27 +189,34 @@ def sgd_gc(params: List[Tensor],
            momentum_buffer_list: List[Optional[Tensor]],
            centralized: List[bool],
            foreach: Optional[bool] = None,
+           fused: Optional[bool] = None,
+           grad_scale: Optional[Tensor] = None,
+           found_inf: Optional[Tensor] = None,
            *,
            weight_decay: float,
            momentum: float,
-           lr: float,
+           lr: Union[float, Tensor],
            dampening: float,
            nesterov: bool,
            maximize: bool,
-           fused: Optional[bool] = None) -> None:
-    """SGD with GC, the update of ``SGD_GC`` / ``SGD_GCC``.
+           decoupled: bool = False) -> None:
+    """SGD with GC, the update of ``SGD_GC`` / ``SGD_GCC`` (and SGDW's).
 
     For each parameter ``p`` with gradient ``g`` (in this order)::
 
-        d = g + weight_decay * p          # L2 decay folded in first
+        p = p * (1 - lr * weight_decay)   # decoupled (SGDW) only
+        d = g + weight_decay * p          # L2 decay folded in first (SGD)
         d = GC(d) if centralized else d   # so the decay term is centred too
         buf = d (first step) | momentum * buf + (1 - dampening) * d
         d = d + momentum * buf if nesterov else buf
         p = p - lr * d
 
-    Tensors that are not centralized take torch.optim.SGD's own functional
-    kernel, so they (and a group with GC off) equal ``torch.optim.SGD``
-    exactly. ``momentum_buffer_list`` is updated in place: an entry that was
+    Chooses one kernel, as ``torch.optim.sgd.sgd`` does: ``fused`` ->
+    :func:`_fused_sgd_gc`, ``foreach`` -> :func:`_multi_tensor_sgd_gc`,
+    else :func:`_single_tensor_sgd_gc` (the specification). Tensors that
+    are not centralized take torch.optim.SGD's own kernels, so they (and a
+    group with GC off) equal ``torch.optim.SGD`` exactly.
+    ``momentum_buffer_list`` is updated in place: an entry that was
     ``None`` receives the new buffer.
 
     Args:
@@ -236,48 +227,48 @@ def sgd_gc(params: List[Tensor],
         centralized (list[bool]): Whether GC applies to each parameter.
         foreach (bool, optional): Use the multi-tensor kernel; ``None``
             chooses as torch.optim does. Defaults to None.
-        weight_decay (float): L2 penalty.
+        fused (bool, optional): Use the fused kernel (opt-in). Defaults to
+            None.
+        grad_scale (Tensor, optional): The scale the gradients carry
+            (GradScaler), unscaled inside the fused kernel only.
+        found_inf (Tensor, optional): 1 where GradScaler found an inf: the
+            fused kernel then leaves parameters and state as they were.
+        weight_decay (float): L2 penalty, or with ``decoupled`` SGDW's
+            decoupled decay.
         momentum (float): Momentum factor.
-        lr (float): Learning rate.
+        lr (float | Tensor): Learning rate (a tensor is never read on the
+            host).
         dampening (float): Dampening of the momentum.
         nesterov (bool): Nesterov momentum.
         maximize (bool): Maximize the objective instead.
-        fused (bool, optional): Use the compiled CPU kernel of
-            :func:`fused_sgd_gc` (built on first use; where
-            it cannot be built, one line is logged and the single-tensor
-            kernel runs). ``None`` means False: the fused kernel is opt-in.
-            Defaults to None.
+        decoupled (bool): Decoupled weight decay (SGDW). Defaults to False.
     """
-    hyper = dict(
+    if not params:
+        return
+    kernel = choose_kernel(params, foreach, fused, grad_scale, found_inf,
+                           _single_tensor_sgd_gc, _multi_tensor_sgd_gc,
+                           _fused_sgd_gc)
+    if decoupled and weight_decay != 0:
+        decoupled_decay_(params, lr, weight_decay, found_inf)
+        weight_decay = 0.
+    kernel(
+        params,
+        grads,
+        momentum_buffer_list,
+        centralized,
+        grad_scale,
+        found_inf,
         weight_decay=weight_decay,
         momentum=momentum,
         lr=lr,
         dampening=dampening,
         nesterov=nesterov,
         maximize=maximize)
-    if _fused.use_fused(fused, foreach):
-        fused_sgd_gc(params, grads, momentum_buffer_list, centralized, **hyper)
-        return
-    if foreach is None:
-        foreach = default_foreach(params)
-    (gc_idx, gc_lists), (plain_idx,
-                         plain_lists) = partition(centralized, params, grads,
-                                                  momentum_buffer_list)
-    if gc_idx:
-        kernel = _multi_tensor_sgd_gc if foreach else _single_tensor_sgd_gc
-        kernel(*gc_lists, **hyper)
-    if plain_idx:
-        if foreach and nesterov and momentum != 0 and weight_decay == 0 \
-                and not maximize:
-            # torch's foreach SGD adds the momentum into the gradient list
-            # in place in exactly this case: give it copies (x * 1 is
-            # exact), so that p.grad stays untouched.
-            plain_lists[1] = torch._foreach_mul(plain_lists[1], 1.)
-        _torch_sgd(*plain_lists, foreach=foreach, **hyper)
-    # New momentum buffers come back in the sub-lists.
-    for idx, lists in ((gc_idx, gc_lists), (plain_idx, plain_lists)):
-        for i, buf in zip(idx, lists[2]):
-            momentum_buffer_list[i] = buf
+
+
+#: The hyper-parameters every SGD kernel takes, by keyword.
+_HYPER = ('weight_decay', 'momentum', 'lr', 'dampening', 'nesterov',
+          'maximize')
 
 
 def _updated_buffer(buf: Optional[Tensor], d: Tensor, momentum: float,
@@ -294,188 +285,221 @@ def _updated_buffer(buf: Optional[Tensor], d: Tensor, momentum: float,
     return buf.mul_(momentum).add_(d, alpha=1 - dampening)
 
 
-def _single_tensor_sgd_gc(params: List[Tensor], grads: List[Tensor],
-                          momentum_buffer_list: List[Optional[Tensor]], *,
-                          weight_decay: float, momentum: float, lr: float,
-                          dampening: float, nesterov: bool,
-                          maximize: bool) -> None:
-    """Reference kernel: every tensor given here is centralized."""
-    for i, param in enumerate(params):
-        d = centralized_grad(grads[i], param, weight_decay, maximize)
-        if momentum != 0:
-            buf = _updated_buffer(momentum_buffer_list[i], d, momentum,
-                                  dampening, nesterov)
-            momentum_buffer_list[i] = buf
-            d = d.add_(buf, alpha=momentum) if nesterov else buf
+def _torch_plain(lists: List[list], foreach: bool, hyper: dict,
+                 **kw: Any) -> None:
+    """torch.optim.SGD's own step on the tensors GC leaves alone."""
+    if foreach and hyper['nesterov'] and hyper['momentum'] != 0 and \
+            hyper['weight_decay'] == 0 and not hyper['maximize']:
+        # torch's foreach SGD adds the momentum into the gradient list in
+        # place in exactly this case: give it copies (x * 1 is exact), so
+        # that p.grad stays untouched.
+        lists[1] = torch._foreach_mul(lists[1], 1.)
+    _torch_sgd(*lists, foreach=foreach, **kw, **hyper)
 
-        param.add_(d, alpha=-lr)
+
+def _single_tensor_sgd_gc(params: List[Tensor], grads: List[Tensor],
+                          momentum_buffer_list: List[Optional[Tensor]],
+                          centralized: List[bool],
+                          grad_scale: Optional[Tensor],
+                          found_inf: Optional[Tensor], **hyper: Any) -> None:
+    """The specification: one tensor after the other."""
+    weight_decay, momentum, lr, dampening, nesterov, maximize = (
+        hyper[k] for k in _HYPER)
+
+    def step_gc(params, grads, bufs):
+        for i, param in enumerate(params):
+            d = centralized_grad(grads[i], param, weight_decay, maximize)
+            if momentum != 0:
+                buf = _updated_buffer(bufs[i], d, momentum, dampening,
+                                      nesterov)
+                bufs[i] = buf
+                d = d.add_(buf, alpha=momentum) if nesterov else buf
+            add_scaled_(param, d, lr)
+
+    split_step(centralized, [params, grads, momentum_buffer_list], step_gc,
+               lambda *lists: _torch_plain(list(lists), False, hyper), 2)
 
 
 def _multi_tensor_sgd_gc(params: List[Tensor], grads: List[Tensor],
-                         momentum_buffer_list: List[Optional[Tensor]], *,
-                         weight_decay: float, momentum: float, lr: float,
-                         dampening: float, nesterov: bool,
-                         maximize: bool) -> None:
-    """Foreach kernel: same arithmetic as :func:`_single_tensor_sgd_gc`."""
-    if not params:
-        return
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, momentum_buffer_list], with_indices=True)
-    for (dev_params, dev_grads, dev_bufs), indices in grouped.values():
-        d = centralized_grads(
-            dev_params, dev_grads, weight_decay, maximize, foreach=True)
+                         momentum_buffer_list: List[Optional[Tensor]],
+                         centralized: List[bool], grad_scale: Optional[Tensor],
+                         found_inf: Optional[Tensor], **hyper: Any) -> None:
+    """Foreach kernel: same arithmetic as :func:`_single_tensor_sgd_gc`; on
+    a launch-bound device GC's ops do not grow with the number of
+    tensors (:func:`~.gc.centralized_grads`)."""
+    weight_decay, momentum, lr, dampening, nesterov, maximize = (
+        hyper[k] for k in _HYPER)
 
-        if momentum != 0:
-            if dampening == 0 and all(b is not None for b in dev_bufs):
-                # ``d + momentum * buf`` in one pass; written into ``d``
-                # (ours), which becomes the new buffer, unless nesterov
-                # still needs ``d``.
+    def step_gc(params, grads, bufs):
+        grouped = Optimizer._group_tensors_by_device_and_dtype(
+            [params, grads, bufs], with_indices=True)
+        for (dev_params, dev_grads, dev_bufs), indices in grouped.values():
+            d = centralized_grads(
+                dev_params, dev_grads, weight_decay, maximize, foreach=True)
+            if momentum != 0:
+                new_bufs = _foreach_updated_buffers(dev_bufs, d, momentum,
+                                                    dampening, nesterov)
+                for j, buf in zip(indices, new_bufs):
+                    bufs[j] = buf
                 if nesterov:
-                    new_bufs = torch._foreach_add(d, dev_bufs, alpha=momentum)
+                    torch._foreach_add_(d, new_bufs, alpha=momentum)
                 else:
-                    torch._foreach_add_(d, dev_bufs, alpha=momentum)
-                    new_bufs = d
-            elif all(b is not None for b in dev_bufs):
-                torch._foreach_mul_(dev_bufs, momentum)
-                torch._foreach_add_(dev_bufs, d, alpha=1 - dampening)
-                new_bufs = dev_bufs
-            else:  # first step of some tensors
-                new_bufs = [
-                    _updated_buffer(b, t, momentum, dampening, nesterov)
-                    for b, t in zip(dev_bufs, d)
-                ]
-            for j, buf in zip(indices, new_bufs):
-                momentum_buffer_list[j] = buf
+                    d = new_bufs
+            foreach_add_scaled_(dev_params, d, lr)
+
+    split_step(centralized, [params, grads, momentum_buffer_list], step_gc,
+               lambda *lists: _torch_plain(list(lists), True, hyper), 2)
+
+
+def _foreach_updated_buffers(bufs: List[Optional[Tensor]], d: List[Tensor],
+                             momentum: float, dampening: float,
+                             nesterov: bool) -> List[Tensor]:
+    """:func:`_updated_buffer` over lists (``d`` is ours)."""
+    if all(b is not None for b in bufs):
+        if dampening == 0:
+            # ``d + momentum * buf`` in one pass, written into ``d``, which
+            # becomes the new buffer, unless nesterov still needs ``d``.
             if nesterov:
-                torch._foreach_add_(d, new_bufs, alpha=momentum)
-            else:
-                d = new_bufs
-
-        torch._foreach_add_(dev_params, d, alpha=-lr)
-
-
-def fused_sgd_gc(params: List[Tensor],
-                 grads: List[Tensor],
-                 momentum_buffer_list: List[Optional[Tensor]],
-                 centralized: List[bool],
-                 *,
-                 weight_decay: float,
-                 momentum: float,
-                 lr: float,
-                 dampening: float,
-                 nesterov: bool,
-                 maximize: bool,
-                 decoupled: bool = False) -> None:
-    """SGD with GC through the compiled CPU kernel (``fused=True``).
-
-    Same update and arguments as :func:`sgd_gc`, plus
-    ``decoupled``. Centralized, contiguous CPU tensors of float32, float64,
-    float16 or bfloat16 go through one call of the C++ kernel; other
-    centralized tensors (channels_last, strided, complex) take the
-    single-tensor kernel, and tensors that are not centralized take torch's
-    fused SGD kernel, so that a float32 / float64 group with GC off equals
-    ``torch.optim.SGD(fused=True)`` (torch's single-tensor kernel for other
-    dtypes). A parameter takes the single-tensor kernels too where it, its
-    gradient or its buffer does not read as values
-    (:func:`_reads_as_values`: not contiguous, or with the negative or
-    conjugate bit).
-
-    Where the kernel cannot be built, or for tensors that are not on the
-    CPU, one line is logged per process and the step runs
-    :func:`sgd_gc` with ``foreach=False`` (CPU) or
-    ``foreach=True`` (other devices) instead.
-
-    Args:
-        params (list[Tensor]): Parameters, updated in place.
-        grads (list[Tensor]): Their dense gradients (never modified).
-        momentum_buffer_list (list[Tensor | None]): One buffer per
-            parameter, updated in place; a None entry receives a new buffer
-            (when ``momentum != 0``).
-        centralized (list[bool]): Whether GC applies to each parameter.
-        weight_decay (float): L2 penalty, or with ``decoupled`` the
-            decoupled decay of SGDW.
-        momentum (float): Momentum factor.
-        lr (float): Learning rate.
-        dampening (float): Dampening of the momentum.
-        nesterov (bool): Nesterov momentum.
-        maximize (bool): Maximize the objective instead.
-        decoupled (bool): Decoupled weight decay (SGDW): scale every
-            parameter by ``1 - lr * weight_decay`` and take the step without
-            an L2 term. Defaults to False.
-    """
-    if not params:
-        return
-    scale = 1.
-    if decoupled and weight_decay != 0:
-        scale, weight_decay = 1 - lr * weight_decay, 0.
-    hyper = dict(
-        weight_decay=weight_decay,
-        momentum=momentum,
-        lr=lr,
-        dampening=dampening,
-        nesterov=nesterov,
-        maximize=maximize)
-    if momentum == 0:
-        bufs: List[Optional[Tensor]] = [None] * len(params)
-    else:
-        bufs = momentum_buffer_list
-    module, on_cpu = _fused._module_for(params)
-    if module is None or _fused._shares_written_memory(
-            module, [*params, *bufs], grads):
-        if scale != 1.:
-            _fused._mul_(params, scale)
-        sgd_gc(
-            params,
-            grads,
-            momentum_buffer_list,
-            centralized,
-            foreach=not on_cpu,
-            **hyper)
-        return
-
-    half_ok = _fused._half_safe(weight_decay, momentum, lr, 1 - dampening)
-    takes = _fused._fused_takes(module, params, grads, bufs)
-    kernel = [
-        bool(c) and _fused._kernel_takes(p, t)
-        and (p.dtype != torch.float16 or half_ok)
-        for p, t, c in zip(params, takes, centralized)
+                return list(torch._foreach_add(d, bufs, alpha=momentum))
+            torch._foreach_add_(d, bufs, alpha=momentum)
+            return d
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, d, alpha=1 - dampening)
+        return bufs
+    # First step of some tensors.
+    return [
+        _updated_buffer(b, t, momentum, dampening, nesterov)
+        for b, t in zip(bufs, d)
     ]
-    (k_idx, (k_params, k_grads,
-             k_bufs)), (rest_idx, _) = partition(kernel, params, grads, bufs)
+
+
+def _fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
+                  momentum_buffer_list: List[Optional[Tensor]],
+                  centralized: List[bool], grad_scale: Optional[Tensor],
+                  found_inf: Optional[Tensor], **hyper: Any) -> None:
+    """The fused step (``fused=True``); which kernel runs is
+    :func:`~mmdet_gc.optim.fused.fused_kernel`'s choice:
+
+    - ``'gc'`` (CPU tensors, no GradScaler): centralized, contiguous
+      tensors of float32, float64, float16 or bfloat16 go through one call
+      of the C++ kernel (:mod:`.fused`); other centralized tensors
+      (channels_last, strided, complex) take the single-tensor kernel, and
+      tensors that are not centralized torch's fused SGD, so that a
+      float32 / float64 group with GC off equals
+      ``torch.optim.SGD(fused=True)``;
+    - ``'torch'`` (other devices, a GradScaler's ``grad_scale`` /
+      ``found_inf``, or ``MMDET_GC_FUSED=torch``): the centralized
+      gradients ``GC((-)g + wd * s * p)`` are made into one scratch buffer
+      and torch's own fused SGD steps on them with ``weight_decay=0``,
+      unscaling by ``s`` and skipping on ``found_inf`` inside;
+    - ``'spec'`` (no compiled kernel on the CPU): the single-tensor kernel.
+
+    Arguments as :func:`sgd_gc`.
+    """
+    weight_decay, momentum, lr, dampening, nesterov, maximize = (
+        hyper[k] for k in _HYPER)
+    lists = [params, grads, momentum_buffer_list]
+    bufs = momentum_buffer_list if momentum != 0 else [None] * len(params)
+    kernel = _fused.fused_kernel(params, grad_scale, found_inf)
+    if kernel == 'torch':
+        _torch_fused_sgd_gc(*lists, centralized, grad_scale, found_inf, hyper)
+        return
+    if kernel == 'spec' or _fused.shares_written_memory([*params, *bufs],
+                                                        grads):
+        _single_tensor_sgd_gc(*lists, centralized, None, None, **hyper)
+        return
+    how = _fused.route(
+        'sgd',
+        'gc',
+        params, [grads, bufs],
+        centralized,
+        scalars=(weight_decay, momentum, scalar(lr), 1 - dampening))
+    k_idx = [i for i, h in enumerate(how) if h == 'gc']
     if k_idx:
-        new_bufs = module.sgd_gc_(k_params, k_grads, k_bufs, weight_decay,
-                                  momentum, lr, dampening, nesterov, maximize,
-                                  scale)
+        new_bufs = _fused.module().sgd_gc_(
+            _take(params, k_idx),
+            _take(grads, k_idx), _take(bufs, k_idx), weight_decay, momentum,
+            scalar(lr), dampening, nesterov, maximize, 1.)
         for i, buf in zip(k_idx, new_bufs):
             momentum_buffer_list[i] = buf
-    if not rest_idx:
-        return
-    if scale != 1.:
-        _fused._mul_(_fused._take(params, rest_idx), scale)
-    # The rest, in groups that each kernel takes whole: centralized
-    # tensors the C++ kernel refused, plain tensors for torch's fused
-    # kernel (which needs all or none of its buffers to exist), and plain
-    # tensors it does not take.
-    groups: Dict[str, List[int]] = {}
-    for i in rest_idx:
-        if centralized[i]:
-            key = 'gc'
-        elif _fused._torch_fused_takes(params[i], takes[i]):
-            key = 'fused_new' if bufs[i] is None else 'fused'
+    # The rest: the specification, and torch's fused kernel in groups it
+    # takes whole (all or none of its buffers made).
+    for key, idx in _by_kernel(how, bufs, ('spec', 'torch')).items():
+        sub = [_take(lst, idx) for lst in lists]
+        if key == 'spec':
+            _single_tensor_sgd_gc(*sub, _take(centralized, idx), None, None,
+                                  **hyper)
         else:
-            key = 'plain'
-        groups.setdefault(key, []).append(i)
-    for key, idx in groups.items():
-        sub = [
-            _fused._take(params, idx),
-            _fused._take(grads, idx),
-            _fused._take(momentum_buffer_list, idx)
-        ]
-        if key == 'gc':
-            _single_tensor_sgd_gc(*sub, **hyper)
-        else:
-            _torch_sgd(
-                *sub, foreach=False, fused=key.startswith('fused'), **hyper)
+            _torch_sgd(*sub, foreach=False, fused=True, **hyper)
         if momentum != 0:
             for i, buf in zip(idx, sub[2]):
                 momentum_buffer_list[i] = buf
+
+
+def _by_kernel(how: List[str], bufs: List[Optional[Tensor]],
+               kernels: Sequence[str]) -> dict:
+    """Indices by kernel (of ``kernels``), torch's fused SGD split by
+    whether the buffers exist: it makes them on a first step only when all
+    are missing."""
+    groups: dict = {}
+    for i, h in enumerate(how):
+        if h in kernels:
+            key = h if h == 'spec' else (h, bufs[i] is None)
+            groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _torch_fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
+                        momentum_buffer_list: List[Optional[Tensor]],
+                        centralized: List[bool], grad_scale: Optional[Tensor],
+                        found_inf: Optional[Tensor], hyper: dict) -> None:
+    """torch's fused SGD on centralized gradients (see
+    :func:`_fused_sgd_gc`): ``GC((-)g + wd * s * p)`` into one scratch
+    buffer per device and dtype, then torch's kernel with
+    ``weight_decay=0``, ``maximize=False``, unscaling by ``s`` and skipping
+    on ``found_inf`` inside; plain tensors as torch.optim.SGD(fused=True)."""
+    momentum = hyper['momentum']
+    bufs = momentum_buffer_list if momentum != 0 else [None] * len(params)
+    how = _fused.route('sgd', 'torch', params, [grads, bufs])
+    grads = _fused.torch_fused_grads(params, grads, how, centralized,
+                                     hyper['weight_decay'], hyper['maximize'],
+                                     grad_scale)
+    lists = [params, grads, momentum_buffer_list]
+    for key, idx in _by_kernel(how, bufs, ('torch', )).items():
+        sub = [_take(lst, idx) for lst in lists]
+        for gc_on in (True, False):
+            part = [
+                j for j, i in enumerate(idx) if bool(centralized[i]) is gc_on
+            ]
+            if not part:
+                continue
+            one = [_take(lst, part) for lst in sub]
+            kw = dict(hyper, weight_decay=0., maximize=False) if gc_on \
+                else hyper
+            _torch_sgd(
+                *one,
+                foreach=False,
+                fused=True,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+                **kw)
+            if momentum != 0:
+                for j, buf in zip(part, one[2]):
+                    momentum_buffer_list[idx[j]] = buf
+    rest = [i for i, h in enumerate(how) if h == 'spec']
+    unscaled = _fused.host_unscale(_take(grads, rest), grad_scale,
+                                   found_inf) if rest else None
+    if unscaled is not None:  # None: nothing to do, or a skipped step
+        sub = [
+            _take(params, rest), unscaled,
+            _take(momentum_buffer_list, rest)
+        ]
+        _single_tensor_sgd_gc(*sub, _take(centralized, rest), None, None,
+                              **hyper)
+        if momentum != 0:
+            for i, buf in zip(rest, sub[2]):
+                momentum_buffer_list[i] = buf
+
+
+def _take(lst: Sequence, idx: Sequence[int]) -> list:
+    return [lst[i] for i in idx] if lst else []
