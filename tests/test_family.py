@@ -14,10 +14,11 @@ import torch
 
 import mmdet_gc
 from mmdet_gc import GC_OPTIMIZERS
+from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
-from helpers import (DEVICES, SHAPES, assert_kernels_agree, assert_same_as,
-                     check_against_reference, make_params, product,
-                     reference_for, set_grads)
+from helpers import (DEVICES, SGD_HYPER, SHAPES, assert_kernels_agree,
+                     assert_same_as, check_against_reference, make_params,
+                     product, reference_for, set_grads)
 
 STEPS = 10
 
@@ -68,6 +69,22 @@ def test_matches_reference_every_step(name, foreach, hyper, device):
     opt = cls(params.values(), foreach=foreach, **hyper)
     check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
                             lambda k: hyper, STEPS)
+
+
+@pytest.mark.parametrize('name', list(GC_OPTIMIZERS))
+def test_the_paths_cuda_takes_match_the_reference(monkeypatch, name):
+    """Run on the CPU (``MMDET_GC_CUDA_PATHS=1``), the paths a CUDA device
+    takes (foreach: the row means of a step in one segmented reduction;
+    fused: torch's fused kernels on centralized gradients) equal the
+    float64 reference every step."""
+    monkeypatch.setenv(CUDA_PATHS_ENV, '1')
+    cls = GC_OPTIMIZERS[name]
+    for hyper in HYPER.get(cls.base_algorithm, SGD_HYPER):
+        for mode in (dict(foreach=True), dict(fused=True)):
+            params = make_params()
+            opt = cls(params.values(), **mode, **hyper)
+            check_against_reference(opt, params, reference_for(name),
+                                    cls.gc_conv_only, lambda k: hyper, STEPS)
 
 
 @pytest.mark.parametrize('name,hyper',

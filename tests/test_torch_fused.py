@@ -1,6 +1,6 @@
 """``fused=True`` through torch's own fused kernels on centralized
 gradients: the path CUDA takes, tested here through its CPU twin
-(``MMDET_GC_FUSED=torch``) and on CUDA where a device is present.
+(``MMDET_GC_CUDA_PATHS=1``) and on CUDA where a device is present.
 
 Checked per family: with GC off bit for bit equal to torch's fused step
 (torch's kernel is what runs); with GC on equal to the specification; a
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmdet_gc.optim import (SGD_GC, SGDW_GC, Adagrad_GC, Adam_GC, Adam_GC2,
-                            AdamW_GC, AdamW_GCC2)
-from mmdet_gc.optim.fused import FUSED_ENV
+from mmdet_gc.optim import (SGD_GC, SGDW_GC, Adagrad_GC, Adam_GC, AdamW_GC,
+                            AdamW_GC2, AdamW_GCC2)
+from mmdet_gc.optim.gc import CUDA_PATHS_ENV, is_centralized
 
 from helpers import DEVICES, make_params, set_grads
 
@@ -46,7 +46,7 @@ IDS = [f'{c[0].__name__}-{i}' for i, c in enumerate(CASES)]
 
 @pytest.fixture
 def torch_path(monkeypatch):
-    monkeypatch.setenv(FUSED_ENV, 'torch')
+    monkeypatch.setenv(CUDA_PATHS_ENV, '1')
 
 
 class _Ops(TorchDispatchMode):
@@ -199,23 +199,27 @@ def test_sgdw_decay_is_skipped_with_the_step(torch_path, device, cls):
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('cls', [Adam_GC2, AdamW_GCC2])
+@pytest.mark.parametrize('cls', [AdamW_GC2, AdamW_GCC2])
 def test_gc_on_the_update_runs_the_foreach_kernel(torch_path, log_lines,
                                                   device, cls):
     """torch's fused Adam applies the update without returning it, so GC
-    on the update runs the foreach kernel (one line says so), and the
+    on the update runs the foreach kernel for the centralized tensors (one
+    line says so; the others take torch's fused kernel), and the
     GradScaler unscales and skips as for any non-fused optimizer."""
     a, b = make_params(device=device), make_params(device=device)
     hyper = dict(lr=0.01, weight_decay=1e-2)
     mine = cls(a.values(), fused=True, **hyper)
     assert not getattr(mine, '_step_supports_amp_scaling', False)
     ref = cls(b.values(), foreach=True, **hyper)
+    centred = [k for k, p in a.items() if is_centralized(p, cls.gc_conv_only)]
     for step in range(STEPS):
         set_grads(a, step)
         set_grads(b, step)
-        mine.step()
+        with _Ops() as ops:
+            mine.step()
+        assert '_fused_adamw_' in ops.names
         ref.step()
-        for k in a:
+        for k in centred:
             assert torch.equal(a[k], b[k]), (k, step)
     ours = [m for m in log_lines if 'mmdet_gc' in m]
     assert len(ours) == 1 and 'foreach' in ours[0], ours
@@ -256,15 +260,15 @@ def test_cpu_default_is_our_kernel_and_agrees(kernel, ours, theirs, hyper, op,
     fused op for the centralized ones), and its steps agree with the torch
     path's in float32."""
     runs = []
-    for env in ('', 'torch'):
-        monkeypatch.setenv(FUSED_ENV, env)
+    for env in ('0', '1'):
+        monkeypatch.setenv(CUDA_PATHS_ENV, env)
         params = make_params(dtype=torch.float32)
         opt = ours([params['conv'], params['fc']], fused=True, **hyper)
         for step in range(STEPS):
             set_grads(params, step)
             with _Ops() as ops:
                 opt.step()
-            assert (op in ops.names) == (env == 'torch')
+            assert (op in ops.names) == (env == '1')
         runs.append(params)
     for k in ('conv', 'fc'):
         torch.testing.assert_close(

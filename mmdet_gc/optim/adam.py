@@ -560,7 +560,7 @@ def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
       a group with GC off equals ``torch.optim.Adam(fused=True)`` /
       ``AdamW(fused=True)``;
     - ``'torch'`` (other devices, a GradScaler's tensors, or
-      ``MMDET_GC_FUSED=torch``): with GC on the gradient, the centralized
+      ``MMDET_GC_CUDA_PATHS=1``): with GC on the gradient, the centralized
       gradients (``GC((-)g + wd * s * p)`` for Adam, ``GC((-)g)`` for
       AdamW) are made into one scratch buffer per device and dtype and
       torch's own fused Adam / AdamW steps on them, unscaling and skipping
@@ -578,20 +578,9 @@ def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
     ]
     modes = dict(gc_on_update=gc_on_update, decoupled=decoupled)
     kernel = _fused.fused_kernel(params, grad_scale, found_inf)
-    if kernel == 'torch' and gc_on_update:
-        _fused.log_once(
-            'GC on the update needs the update, which torch\'s '
-            'fused Adam does not return', 'the foreach kernel',
-            'fused=True with '
-            'gc_on_update')
-        unscaled = _fused.host_unscale(grads, grad_scale, found_inf)
-        if unscaled is not None:
-            _multi_tensor_adam_gc(*lists[:1], unscaled, *lists[2:],
-                                  centralized, None, None, **modes, **hyper)
-        return
     if kernel == 'torch':
         _torch_fused_adam_gc(lists, centralized, grad_scale, found_inf,
-                             decoupled, hyper)
+                             gc_on_update, decoupled, hyper)
         return
     moments = [exp_avgs, exp_avg_sqs
                ] + ([max_exp_avg_sqs] if hyper['amsgrad'] else [])
@@ -633,14 +622,38 @@ def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
 
 def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
                          grad_scale: Optional[Tensor],
-                         found_inf: Optional[Tensor], decoupled: bool,
-                         hyper: dict) -> None:
-    """torch's fused Adam / AdamW on centralized gradients (GC on the
-    gradient; see :func:`_fused_adam_gc`)."""
+                         found_inf: Optional[Tensor], gc_on_update: bool,
+                         decoupled: bool, hyper: dict) -> None:
+    """torch's fused Adam / AdamW on centralized gradients (see
+    :func:`_fused_adam_gc`); with GC on the update the centralized tensors
+    take the foreach kernel, the others torch's fused one."""
     params, grads = lists[0], lists[1]
     moments = [lists[2], lists[3]] + ([lists[4]] if hyper['amsgrad'] else [])
     how = _fused.route(
         'adam', 'torch', params, [grads, *moments], steps=lists[5])
+    if gc_on_update and any(centralized):
+        _fused.log_once(
+            'GC on the update needs the update, which torch\'s fused Adam '
+            'does not return', 'the foreach kernel for centralized tensors',
+            'fused=True with GC on the update')
+        how = [
+            'update' if c and h == 'torch' else h
+            for c, h in zip(centralized, how)
+        ]
+        idx = [i for i, h in enumerate(how) if h == 'update']
+        unscaled = _fused.host_unscale([grads[i] for i in idx], grad_scale,
+                                       found_inf)
+        if unscaled is not None:
+            sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+            sub[1] = unscaled
+            _foreach_adam_gc_centralized(
+                *sub,
+                gc_on_update=True,
+                decoupled=decoupled,
+                **{
+                    k: scalar(v)
+                    for k, v in hyper.items()
+                })
     grads = _fused.torch_fused_grads(
         params, grads, how, centralized,
         0. if decoupled else hyper['weight_decay'], hyper['maximize'],
@@ -671,6 +684,6 @@ def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
             *sub, [centralized[i] for i in rest],
             None,
             None,
-            gc_on_update=False,
+            gc_on_update=gc_on_update,
             decoupled=decoupled,
             **hyper)

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-from .gc import centralized_grads
+from .gc import centralized_grads, cuda_paths_on_cpu
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
 #: falls back to the Python kernels).
@@ -211,12 +211,6 @@ def log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
         level=logging.WARNING)
 
 
-#: Set to ``torch`` to run the fused step through torch's fused kernels on
-#: centralized gradients on the CPU too (the path CUDA takes), e.g. to test
-#: it without a GPU.
-FUSED_ENV = 'MMDET_GC_FUSED'
-
-
 def fused_kernel(params: Sequence[Tensor],
                  grad_scale: Optional[Tensor] = None,
                  found_inf: Optional[Tensor] = None) -> str:
@@ -234,12 +228,12 @@ def fused_kernel(params: Sequence[Tensor],
         tensors, the extension built); ``'torch'``: torch's own fused
         kernel of the family on centralized gradients (other devices, a
         GradScaler's tensors, which only torch's kernels take, or
-        ``MMDET_GC_FUSED=torch``); ``'spec'``: the single-tensor kernel
+        ``MMDET_GC_CUDA_PATHS=1``); ``'spec'``: the single-tensor kernel
         (CPU tensors and no extension: one line is logged).
     """
     on_cpu = all(p.device.type == 'cpu' for p in params)
     if not on_cpu or grad_scale is not None or found_inf is not None or \
-            os.environ.get(FUSED_ENV, '') == 'torch':
+            cuda_paths_on_cpu():
         return 'torch'
     if module() is None:
         log_once(fused_unavailable_reason() or 'not built',

@@ -19,6 +19,7 @@ the fused kernels (:mod:`.fused`), the any-optimizer hooks and the
 diagnostics all use it, and it imports none of them.
 """
 import functools
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -86,18 +87,31 @@ def centralize(t: Tensor) -> Tensor:
     return _sub_new(t, row_mean(t))
 
 
+#: Set to ``1`` to run on the CPU the paths a CUDA device takes: the row
+#: means of a foreach or fused step in one segmented reduction
+#: (:func:`launch_bound`) and, for ``fused=True``, torch's fused kernels on
+#: centralized gradients (:func:`mmdet_gc.optim.fused.fused_kernel`): how
+#: they are tested without a GPU.
+CUDA_PATHS_ENV = 'MMDET_GC_CUDA_PATHS'
+
+
+def cuda_paths_on_cpu() -> bool:
+    """Whether :data:`CUDA_PATHS_ENV` is set."""
+    return os.environ.get(CUDA_PATHS_ENV, '0') not in ('', '0')
+
+
 def launch_bound(tensors: Sequence[Tensor]) -> bool:
     """Whether a step over ``tensors`` pays for each kernel launch, so that
     GC takes its row means over all of them at once (:func:`_segmented`).
 
-    True on every device but the CPU (CUDA, and the ``meta`` device on
-    which the tests count a step's ops); on the CPU a mean per tensor is
-    faster (0.05 s against 0.28 s for one segmented pass over 46 tensors
-    of 11 M elements, 2 cores), and a compiled step leaves the fusion to
+    True on every device but the CPU (CUDA, ``meta``), and on the CPU
+    under :data:`CUDA_PATHS_ENV`; otherwise a mean per tensor is faster on
+    the CPU (0.05 s against 0.28 s for one segmented pass over 46 tensors
+    of 11 M elements, 2 cores). A compiled step leaves the fusion to
     inductor.
     """
-    return bool(tensors) and tensors[0].device.type != 'cpu' and \
-        not torch.compiler.is_compiling()
+    return bool(tensors) and not torch.compiler.is_compiling() and (
+        tensors[0].device.type != 'cpu' or cuda_paths_on_cpu())
 
 
 def _flat_view(t: Tensor) -> Optional[Tensor]:

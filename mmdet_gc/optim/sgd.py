@@ -388,7 +388,7 @@ def _fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
       float32 / float64 group with GC off equals
       ``torch.optim.SGD(fused=True)``;
     - ``'torch'`` (other devices, a GradScaler's ``grad_scale`` /
-      ``found_inf``, or ``MMDET_GC_FUSED=torch``): the centralized
+      ``found_inf``, or ``MMDET_GC_CUDA_PATHS=1``): the centralized
       gradients ``GC((-)g + wd * s * p)`` are made into one scratch buffer
       and torch's own fused SGD steps on them with ``weight_decay=0``,
       unscaling by ``s`` and skipping on ``found_inf`` inside;
