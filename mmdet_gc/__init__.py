@@ -23,14 +23,15 @@ from .optim.any_optimizer import (GCOptimWrapperConstructor, attach_gc,
                                   centralize_grads_)
 from .registry import (register_config_package, register_gc_hooks,
                        register_gc_optim_wrapper_constructors,
-                       register_gc_optimizers, register_gc_transforms,
-                       register_resumable_loops)
+                       register_gc_optim_wrappers, register_gc_optimizers,
+                       register_gc_transforms, register_resumable_loops)
 from .utils import config_path
 
 __version__ = '0.1.0'
 
 register_gc_optimizers()
 register_gc_optim_wrapper_constructors()
+register_gc_optim_wrappers()
 register_gc_hooks()
 register_gc_transforms()
 register_resumable_loops()

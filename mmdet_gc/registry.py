@@ -109,6 +109,13 @@ def register_gc_optim_wrapper_constructors() -> List[str]:
         {'GCOptimWrapperConstructor': GCOptimWrapperConstructor})
 
 
+def register_gc_optim_wrappers() -> List[str]:
+    """Register ``CompiledOptimWrapper`` (a compiled optimizer step)."""
+    from .engine.optim_wrappers import CompiledOptimWrapper
+    return register_modules(root.OPTIM_WRAPPERS,
+                            {'CompiledOptimWrapper': CompiledOptimWrapper})
+
+
 def register_gc_hooks() -> List[str]:
     """Register ``PlainCheckpointHook`` (plain-data checkpoints),
     ``ResumableCheckpointHook`` (checkpoints that resume bitwise),

@@ -2,5 +2,9 @@
 ``mmdet/engine`` (Gradient Centralization: Yong et al., ECCV 2020,
 arXiv:2004.01461)."""
 from .hooks import GCStatsHook, PlainCheckpointHook, RowMeanDriftHook
+from .optim_wrappers import CompiledOptimWrapper
 
-__all__ = ['GCStatsHook', 'PlainCheckpointHook', 'RowMeanDriftHook']
+__all__ = [
+    'GCStatsHook', 'PlainCheckpointHook', 'RowMeanDriftHook',
+    'CompiledOptimWrapper'
+]

@@ -33,7 +33,7 @@ from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 
 from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
-from .gc import (centralized_grads, choose_kernel, decayed_grad,
+from .gc import (add_scaled_, centralized_grads, choose_kernel, decayed_grad,
                  foreach_centralize, foreach_decayed_grads, foreach_row_means,
                  has_complex, row_mean, split_step, torch_step_on_centralized)
 
@@ -429,7 +429,11 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         grad = _real(grad)
         exp_avg, exp_avg_sq = _real(exp_avgs[i]), _real(exp_avg_sqs[i])
         state_steps[i] += 1
-        bc1, bc2_sqrt = _bias_corrections(state_steps[i].item(), beta1, beta2)
+        # A compiled step keeps the count a tensor (as torch's compiled
+        # Adam does): a number would be compiled in, step after step.
+        step = state_steps[i] if torch.compiler.is_compiling() else \
+            state_steps[i].item()
+        bc1, bc2_sqrt = _bias_corrections(step, beta1, beta2)
 
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -447,7 +451,7 @@ def _single_tensor_adam_gc2(params: List[Tensor], grads: List[Tensor],
         if param.is_complex():
             delta = torch.view_as_complex(delta)
         if decoupled and weight_decay != 0:
-            delta.add_(param, alpha=lr * weight_decay)
+            add_scaled_(delta, param, -lr * weight_decay)
         param.sub_(delta.sub_(row_mean(delta)))
 
 

@@ -34,8 +34,12 @@ def check_non_negative(**values: Any) -> None:
 
 
 def scalar(value: Any) -> float:
-    """A hyper-parameter as a Python number (a 1-element tensor read)."""
-    return value.item() if isinstance(value, Tensor) else value
+    """A hyper-parameter as a Python number (a 1-element tensor read),
+    except in a compiled step, which keeps a tensor (a tensor lr is how a
+    schedule changes it without compiling again)."""
+    if isinstance(value, Tensor) and not torch.compiler.is_compiling():
+        return value.item()
+    return value
 
 
 def _is_flattened(p: Tensor) -> bool:

@@ -63,6 +63,15 @@ def row_mean(t: Tensor,
         keepdim (bool): Keep the reduced dims. Defaults to True.
     """
     acc = dtype or (torch.float32 if t.dtype in _HALF_DTYPES else t.dtype)
+    if torch.compiler.is_compiling() and not t.is_complex():
+        # inductor (torch 2.13, CPU) fails to generate a row reduction fused
+        # with the in-place updates after it (KeyError in its outer-loop
+        # fusion); a matrix-vector product is not fused into them.
+        rows = t.reshape(t.shape[0], -1).to(acc)
+        ones = torch.ones(rows.shape[1], 1, dtype=acc, device=t.device)
+        mean = (rows @ ones) / rows.shape[1]
+        return mean.view(t.shape[0],
+                         *([1] * (t.dim() - 1)) if keepdim else (t.shape[0], ))
     return t.mean(dim=tuple(range(1, t.dim())), keepdim=keepdim, dtype=acc)
 
 
@@ -441,6 +450,10 @@ def decoupled_decay_(params: List[Tensor],
         # In float64: a float32 scale would round ``lr * weight_decay``.
         rate = (1 - found_inf.to(torch.float64)) * rate
     scale = 1 - rate
+    if torch.compiler.is_compiling():
+        for p in params:
+            p.mul_(scale)
+        return
     # torch's foreach ops refuse to write a tensor with the negative or
     # conjugate bit (a ``torch._neg_view`` kept by load_state_dict).
     (_, (plain, )), (_, (others, )) = partition(
