@@ -33,10 +33,9 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-os.environ.setdefault('MMDET_GC_CUDA_PATHS', '1')
-
-import mmdet_gc  # noqa: E402
-from mmdet_gc.optim import GC_OPTIMIZERS  # noqa: E402
+import mmdet_gc
+from mmdet_gc.optim import GC_OPTIMIZERS
+from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
 #: Hyper-parameters per family: every term of the step on.
 HYPER = {
@@ -125,6 +124,7 @@ def rows() -> Dict[str, Callable]:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split('\n')[0]).parse_args()
+    os.environ[CUDA_PATHS_ENV] = '1'
     shapes = small(mask_rcnn_shapes())
     sets = {
         f'{len(shapes)} tensors': shapes,

@@ -515,15 +515,27 @@ def _foreach_adam_gc_centralized(params: List[Tensor], grads: List[Tensor],
         else:
             second = dev_sqs
         denom = torch._foreach_sqrt(second)
-        torch._foreach_add_(denom, [eps * c[1] for c in corrections])
-        step_sizes = [-lr * c[1] / c[0] for c in corrections]
+        half = dev_params[0].dtype in (torch.float16, torch.bfloat16)
+        if half:
+            # As the specification: folding ``sqrt(bc2)`` into eps scales
+            # the quotient by ``1 / sqrt(bc2)``, which overflows float16.
+            torch._foreach_div_(denom, [c[1] for c in corrections])
+            torch._foreach_add_(denom, eps)
+            step_sizes = [-lr / c[0] for c in corrections]
+        else:
+            torch._foreach_add_(denom, [eps * c[1] for c in corrections])
+            step_sizes = [-lr * c[1] / c[0] for c in corrections]
         if not gc_on_update:
             torch._foreach_addcdiv_(real_params, dev_avgs, denom, step_sizes)
             continue
-        # ``exp_avg / denom`` into denom's memory: on the CPU a second
-        # fresh tensor per step costs more in page faults than two passes.
-        torch._foreach_reciprocal_(denom)
-        torch._foreach_mul_(denom, dev_avgs)
+        if half:  # 1 / denom would overflow float16 where exp_avg does not
+            denom = list(torch._foreach_div(dev_avgs, denom))
+        else:
+            # ``exp_avg / denom`` into denom's memory: on the CPU a second
+            # fresh tensor per step costs more in page faults than two
+            # passes.
+            torch._foreach_reciprocal_(denom)
+            torch._foreach_mul_(denom, dev_avgs)
         update = [
             torch.view_as_complex(u) if p.is_complex() else u
             for u, p in zip(denom, dev_params)

@@ -279,6 +279,10 @@ def _updated_buffer(buf: Optional[Tensor], d: Tensor, momentum: float,
         # this, so copy only then.
         return d.clone() if nesterov else d
     if dampening == 0:
+        if torch.compiler.is_compiling():
+            # dynamo takes no ``out=`` with a channels_last buffer; inductor
+            # fuses this into one pass anyway.
+            return buf.copy_(torch.add(d, buf, alpha=momentum))
         # One pass instead of torch's ``mul_`` + ``add_``: this pays for the
         # extra mean and subtraction of GC.
         return torch.add(d, buf, alpha=momentum, out=buf)
