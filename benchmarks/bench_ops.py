@@ -23,7 +23,7 @@ R50-FPN 1x and at twice as many tensors (the set twice).
 
 Usage::
 
-    python benchmarks/bench_ops.py
+    python benchmarks/bench_ops.py [--device cuda]
 """
 import argparse
 import os
@@ -78,13 +78,18 @@ def launches(ops: List[str]) -> int:
 
 
 def ops_per_step(make: Callable[[List[Tensor]], torch.optim.Optimizer],
-                 shapes: List[torch.Size]) -> List[str]:
+                 shapes: List[torch.Size],
+                 device: str = 'cpu') -> List[str]:
     """The ops of one steady-state step of ``make(params)`` over parameters
-    of ``shapes`` (each with a gradient), host reads included."""
+    of ``shapes`` (each with a gradient) on ``device``, host reads
+    included."""
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    params = [
+        torch.randn(s, generator=gen).to(device).requires_grad_()
+        for s in shapes
+    ]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(device)
     opt = make(params)
     for _ in range(2):
         opt.step()
@@ -123,7 +128,13 @@ def rows() -> Dict[str, Callable]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split('\n')[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument(
+        '--device',
+        default='cpu',
+        help='cpu (the CUDA paths run on the CPU) or cuda (the paths '
+        'themselves, tools/gpu_check.sh)')
+    device = parser.parse_args().device
     os.environ[CUDA_PATHS_ENV] = '1'
     shapes = small(mask_rcnn_shapes())
     sets = {
@@ -132,7 +143,7 @@ def main() -> None:
     }
     print(f'mmdet_gc {mmdet_gc.__version__}, torch {torch.__version__}; '
           'aten ops per step that launch a kernel (views and host reads '
-          'left out), the paths CUDA takes run on the CPU; parameters: '
+          f'left out), on {device} (the paths CUDA takes); parameters: '
           'Mask R-CNN R50-FPN 1x (and twice); host reads: .item() of CPU '
           'step counts')
     header = f'{"optimizer":28s}' + ''.join(
@@ -140,7 +151,7 @@ def main() -> None:
     print(header)
     print('-' * len(header))
     for name, make in rows().items():
-        ops = [ops_per_step(make, s) for s in sets.values()]
+        ops = [ops_per_step(make, s, device) for s in sets.values()]
         print(f'{name:28s}' + ''.join(f'{launches(o):14d}' for o in ops) +
               f'{ops[0].count(HOST_READ):12d}')
 

@@ -15,9 +15,13 @@ designs: GC foreach rows within 1.10x of torch's foreach, GC on the update
 within 1.10x of the bare optimizer, the fused GC kernels within 1.05x of
 torch's fused step and 0.6x of the best for-loop / foreach torch step.
 
-On a CUDA device (``--device cuda``, ``tools/gpu_check.sh``) every step is
-timed to its completion (``torch.cuda.synchronize``); ``fused=True`` of
-the GC optimizers runs their foreach kernels there.
+Rows "(fused, torch kernel)" run the path a CUDA device takes for
+``fused=True`` (torch's fused kernel on centralized gradients; on the CPU
+under ``MMDET_GC_CUDA_PATHS=1``), rows "(compiled)" the step compiled with
+``torch.compile(fullgraph=True)`` and a tensor lr (compiled during the
+warm-up steps). On a CUDA device (``--device cuda``,
+``tools/gpu_check.sh``) every step is timed to its completion
+(``torch.cuda.synchronize``).
 
 Usage::
 
@@ -26,6 +30,7 @@ Usage::
 """
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -35,7 +40,7 @@ from torch import Tensor
 
 import mmdet_gc
 from mmdet_gc.optim.fused import extension_name, fused_unavailable_reason
-from mmdet_gc.optim.gc import is_centralized
+from mmdet_gc.optim.gc import CUDA_PATHS_ENV, is_centralized
 from mmdet_gc.utils import mmdet_config_path
 
 SGD_HYPER = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
@@ -111,6 +116,12 @@ def sgd_rows() -> Dict[str, Callable]:
         lambda ps: mmdet_gc.SGD_GC(ps, fused=True, **SGD_HYPER),
         'SGD_GCC (fused)':
         lambda ps: mmdet_gc.SGD_GCC(ps, fused=True, **SGD_HYPER),
+        # The path CUDA takes (torch's fused SGD on centralized gradients),
+        # and the compiled step.
+        'SGD_GC (fused, torch kernel)':
+        lambda ps: _cuda_path(mmdet_gc.SGD_GC(ps, fused=True, **SGD_HYPER)),
+        'SGD_GC (compiled)':
+        lambda ps: _compiled(mmdet_gc.SGD_GC(ps, **SGD_HYPER)),
         'naive per-tensor SGD_GC loop':
         lambda ps: NaiveSGD_GC(ps, **SGD_HYPER),
     }
@@ -131,6 +142,10 @@ def adam_rows() -> Dict[str, Callable]:
         lambda ps: torch.optim.Adam(ps, fused=True, **hyper),
         'Adam_GC (fused)':
         lambda ps: mmdet_gc.Adam_GC(ps, fused=True, **hyper),
+        'Adam_GC (fused, torch kernel)':
+        lambda ps: _cuda_path(mmdet_gc.Adam_GC(ps, fused=True, **hyper)),
+        'Adam_GC (compiled)':
+        lambda ps: _compiled(mmdet_gc.Adam_GC(ps, **hyper)),
     }
 
 
@@ -166,6 +181,41 @@ def adamw_rows() -> Dict[str, Callable]:
         lambda ps: _on_update(
             torch.optim.AdamW(ps, foreach=True, **hyper), fused=True),
     }
+
+
+class _Stepper:
+    """An optimizer whose ``step`` runs ``run`` instead."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 run: Callable[[], None]) -> None:
+        self.optimizer, self.step = optimizer, run
+
+
+def _cuda_path(optimizer: torch.optim.Optimizer) -> _Stepper:
+    """Each step under ``MMDET_GC_CUDA_PATHS=1``: the path a CUDA device
+    takes (the same there)."""
+
+    def run() -> None:
+        before = os.environ.get(CUDA_PATHS_ENV)
+        os.environ[CUDA_PATHS_ENV] = '1'
+        try:
+            optimizer.step()
+        finally:
+            if before is None:
+                del os.environ[CUDA_PATHS_ENV]
+            else:
+                os.environ[CUDA_PATHS_ENV] = before
+
+    return _Stepper(optimizer, run)
+
+
+def _compiled(optimizer: torch.optim.Optimizer) -> _Stepper:
+    """``torch.compile(step, fullgraph=True)`` with a tensor lr (as
+    :class:`mmdet_gc.engine.CompiledOptimWrapper` runs it); compiled in
+    the warm-up steps."""
+    for group in optimizer.param_groups:
+        group['lr'] = torch.tensor(float(group['lr']), dtype=torch.float64)
+    return _Stepper(optimizer, torch.compile(optimizer.step, fullgraph=True))
 
 
 def _on_update(optimizer: torch.optim.Optimizer,
@@ -322,7 +372,7 @@ def bench(family: str, base: List[Tensor], grads: List[Tensor], steps: int,
         if 'on update' in name:
             checks = [(f'torch.optim.{family} {kernel}', UPDATE_TARGET)]
         elif kernel == '(fused)' and base[0].is_cuda:
-            continue  # fused=True runs the foreach kernels there: no target
+            continue  # torch's fused kernels plus GC there: not measured yet
         elif kernel == '(fused)':
             checks = [(torch_fused, TORCH_FUSED_TARGET),
                       (best_name, FUSED_TARGET)]

@@ -1,8 +1,9 @@
 """The CPU side of ``tools/gpu_check.sh``: it refuses to start without a
 CUDA device, in one line and before any work, and every step it runs on a
 GPU runs here CPU-sized (``--cpu-smoke``): the selection of CUDA test cases
-(collected: each is a skip without a device), the step benchmark and the
-Mask R-CNN iteration benchmark, SGD against SGD_GC."""
+(collected: each is a skip without a device), the step benchmark, the
+Mask R-CNN iteration benchmark, SGD against SGD_GC, and the launches per
+step."""
 import os
 import os.path as osp
 import re
@@ -15,8 +16,9 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPT = osp.join(ROOT, 'tools', 'gpu_check.sh')
 #: The test modules whose cases take a CUDA device.
-CUDA_MODULES = ('test_amp', 'test_conformance', 'test_family', 'test_fused',
-                'test_sgd_gc', 'test_torch_inputs', 'test_update_gc')
+CUDA_MODULES = ('test_amp', 'test_conformance', 'test_family', 'test_sgd_gc',
+                'test_torch_inputs', 'test_update_gc', 'test_torch_fused',
+                'test_host_syncs', 'test_low_precision')
 
 
 def run(*args, out):
@@ -51,7 +53,7 @@ def test_every_step_runs_cpu_sized(tmp_path):
     proc = run('--cpu-smoke', out=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = (out / 'summary.txt').read_text()
-    assert 'FAILED' not in steps and steps.count('== gpu_check') == 4
+    assert 'FAILED' not in steps and steps.count('== gpu_check') == 5
     # The CUDA cases of every numerics module are selected.
     tests = (out / 'tests.txt').read_text()
     counts = dict(re.findall(r'^tests/(\w+)\.py: (\d+)$', tests, re.M))
@@ -64,3 +66,5 @@ def test_every_step_runs_cpu_sized(tmp_path):
         r'^\| (SGD|SGD_GC) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| '
         r'[\d.]+ \|$', (out / 'bench_iter.txt').read_text(), re.M)
     assert rows == ['SGD', 'SGD_GC']
+    ops = (out / 'bench_ops.txt').read_text()
+    assert re.search(r'^SGD_GC \(foreach\) +\d+ +\d+ +\d+$', ops, re.M)

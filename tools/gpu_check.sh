@@ -9,10 +9,13 @@
 #    fused=True dispatch, AMP with a CUDA GradScaler), then the tools'
 #    training tests (MMEngine trains on the GPU when there is one: train +
 #    COCO test, exact resume, --amp).
-# 2. benchmarks/bench_step.py on CUDA: GC foreach against torch's foreach
-#    and fused steps over Mask R-CNN R50-FPN's parameters.
+# 2. benchmarks/bench_step.py on CUDA: GC foreach, fused (torch's fused
+#    kernels on centralized gradients) and compiled steps against torch's
+#    foreach and fused steps over Mask R-CNN R50-FPN's parameters.
 # 3. benchmarks/bench_iter.py on CUDA: 50 Mask R-CNN R50-FPN iterations
 #    (800 px, batch 2) with SGD and with SGD_GC, side by side.
+# 4. benchmarks/bench_ops.py on CUDA: kernel launches per step of every
+#    optimizer beside torch's, at Mask R-CNN's tensors and twice as many.
 #
 # Needs an environment with a CUDA torch, mmcv with its ops, mmdet 3.3 and
 # this package: PYTHON=/path/to/python (default .venv/bin/python, else
@@ -66,15 +69,17 @@ EOF
     tests=(-m cuda)
     step_args=(--steps 50 --warmup 5)
     iter_args=(--iters 50 --warmup 5 --size 800 --batch 2)
+    ops_args=(--device cuda)
     # Seconds per step, 570 in all: the check stays within 10 minutes.
-    limits=(210 150 90 120)
+    limits=(190 140 90 110 40)
 else
     device=cpu
     # Collected, not run: on the CPU every cuda case is a skip.
     tests=(-m cuda --collect-only -q)
     step_args=(--steps 1 --warmup 0 --rows SGD --design round-robin)
     iter_args=(--iters 1 --warmup 0 --size 64 --batch 1)
-    limits=(300 0 300 300)
+    ops_args=(--device cpu)
+    limits=(300 0 300 300 120)
 fi
 training=(
     tests/test_tools.py::test_train_then_test_reports_coco_box_and_mask_ap
@@ -115,6 +120,8 @@ step "optimizer step on $device (benchmarks/bench_step.py)" bench_step.txt \
 step "Mask R-CNN R50-FPN iterations, SGD vs SGD_GC (bench_iter.py)" \
     bench_iter.txt \
     "$PY" benchmarks/bench_iter.py --device "$device" "${iter_args[@]}"
+step "kernel launches per step (benchmarks/bench_ops.py)" bench_ops.txt \
+    "$PY" benchmarks/bench_ops.py "${ops_args[@]}"
 echo "== gpu_check: done in $((SECONDS - start)) s; figures in $OUT" |
     tee -a "$OUT/summary.txt"
 if [ ${#failed[@]} -gt 0 ]; then
