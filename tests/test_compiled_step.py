@@ -14,6 +14,7 @@ from mmengine.registry import OPTIM_WRAPPERS, PARAM_SCHEDULERS
 from torch._dynamo.utils import counters
 
 from mmdet_gc.optim import GC_OPTIMIZERS
+from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
 STEPS = 6
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -157,3 +158,34 @@ def test_compile_must_be_a_dict_or_bool():
                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                 compile='inductor'))
     assert OptimWrapper  # the parent, for the reader
+
+
+@pytest.mark.parametrize('cuda_paths', ['0', '1'])
+@pytest.mark.parametrize(
+    'mode', [dict(foreach=True), dict(fused=True)], ids=['foreach', 'fused'])
+@pytest.mark.parametrize('name', ['SGD_GC', 'AdamW_GC', 'AdamW_GC2'])
+def test_foreach_and_fused_optimizers_compile_too(monkeypatch, cuda_paths,
+                                                  mode, name):
+    """An optimizer built with foreach=True (the default on CUDA) or
+    fused=True compiles whole as well: a compiled step runs the
+    single-tensor kernel, which inductor fuses."""
+    monkeypatch.setenv(CUDA_PATHS_ENV, cuda_paths)
+    cls = GC_OPTIMIZERS[name]
+    hyper = HYPER[cls.base_algorithm]
+    eager_params, compiled_params = _params(), _params()
+    eager = cls(eager_params, lr=LRS[0], **mode, **hyper)
+    # As CompiledOptimWrapper hands it over: torch refuses a tensor lr with
+    # foreach=True at construction.
+    lr = torch.tensor(LRS[0], dtype=torch.float64)
+    opt = cls(compiled_params, lr=LRS[0], **mode, **hyper)
+    opt.param_groups[0]['lr'] = lr
+    step = torch.compile(opt.step, fullgraph=True, backend='inductor')
+    for i in range(3):
+        _grads(eager_params, i)
+        _grads(compiled_params, i)
+        eager.param_groups[0]['lr'] = LRS[i]
+        lr.fill_(LRS[i])
+        eager.step()
+        step()
+    for a, b in zip(eager_params, compiled_params):
+        torch.testing.assert_close(b, a, **TOL)

@@ -273,3 +273,100 @@ def test_cpu_default_is_our_kernel_and_agrees(kernel, ours, theirs, hyper, op,
     for k in ('conv', 'fc'):
         torch.testing.assert_close(
             runs[0][k], runs[1][k], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Inputs found by attacking the torch-kernel path.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('cls', [SGD_GC, SGDW_GC])
+def test_an_inf_on_the_first_step_leaves_no_garbage_buffer(
+        torch_path, device, cls):
+    """torch's fused SGD makes a first step's buffers with ``empty_like``
+    and leaves them so when GradScaler skips the step: the next step then
+    starts from garbage. Ours starts from the specification's state."""
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(8, 3, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(w0.shape, generator=gen, dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone().to(device))
+    opt = cls([w], lr=0.1, momentum=0.9, fused=True)
+    scaler = torch.amp.GradScaler(device, init_scale=1024.)
+    scaler.scale(torch.ones((), device=device))
+    # Freed memory of other values, where an ``empty_like`` lands.
+    junk = [torch.full_like(w, 1e3) for _ in range(4)]
+    del junk
+    w.grad = torch.full_like(w, float('inf'))
+    scaler.step(opt)
+    scaler.update()
+    w.grad = (g * scaler.get_scale()).to(device)
+    scaler.step(opt)
+    spec = torch.nn.Parameter(w0.clone())
+    ref = cls([spec], lr=0.1, momentum=0.9, foreach=False)
+    spec.grad = g
+    ref.step()
+    torch.testing.assert_close(w.cpu(), spec.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('cls,hyper', [(SGD_GC, dict(lr=0.1, momentum=0.9)),
+                                       (AdamW_GC, dict(lr=0.01))])
+def test_a_channels_last_weight_with_a_contiguous_gradient(
+        torch_path, device, cls, hyper):
+    """torch's fused kernels walk memory in row-major order: a weight whose
+    memory is not (channels_last) takes the specification."""
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64)
+    g = torch.randn(w0.shape, generator=gen, dtype=torch.float64)
+    out = []
+    for kw in (dict(fused=True), dict(foreach=False)):
+        p = torch.nn.Parameter(
+            w0.to(device).contiguous(memory_format=torch.channels_last))
+        opt = cls([p], **kw, **hyper)
+        for _ in range(2):
+            p.grad = g.to(device)
+            opt.step()
+        out.append(p.detach().cpu())
+    torch.testing.assert_close(out[0], out[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_gc_on_the_update_with_no_weight_for_torchs_kernel(torch_path, device):
+    """Every centralized weight channels_last: none goes to torch's kernel,
+    and the step still runs (it stopped on an empty foreach list)."""
+    conv = torch.nn.Conv2d(3, 4,
+                           3).to(device).to(memory_format=torch.channels_last)
+    opt = AdamW_GC2(conv.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(
+        2, 3, 8, 8,
+        device=device).contiguous(memory_format=torch.channels_last)
+    conv(x).sum().backward()
+    before = conv.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(conv.weight, before)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('ours,theirs,hyper,op', CASES, ids=IDS)
+def test_a_grad_scaler_leaves_every_gradient_as_it_was(torch_path, device,
+                                                       ours, theirs, hyper,
+                                                       op):
+    """torch's fused kernels unscale the gradients they take in place; the
+    plain tensors' (biases, norms) get copies, so no ``p.grad`` changes."""
+    _device_ok(device, theirs)
+    params = make_params(device=device)
+    opt = ours(params.values(), fused=True, **hyper)
+    scaler = torch.amp.GradScaler(device, init_scale=1024.)
+    _scaled_step(opt, params, scaler, 0)
+    set_grads(params, 1)
+    for p in params.values():
+        if p.grad is not None:
+            p.grad.mul_(scaler.get_scale())
+    grads = {
+        k: p.grad.clone()
+        for k, p in params.items() if p.grad is not None
+    }
+    scaler.step(opt)
+    for k, g in grads.items():
+        assert torch.equal(params[k].grad, g), k

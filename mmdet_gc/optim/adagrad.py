@@ -233,8 +233,11 @@ def _fused_adagrad_gc(params: List[Tensor], grads: List[Tensor],
                 **kw)
     rest = [i for i, h in enumerate(how) if h == 'spec']
     if rest and any(p.device.type != 'cpu' for p in params):
-        _fused.log_once('torch has a fused Adagrad for CPU tensors only',
-                        'the single-tensor kernel', 'Adagrad fused=True')
+        _fused.log_once(
+            'torch has a fused Adagrad for CPU tensors only',
+            'the single-tensor kernel',
+            'Adagrad fused=True',
+            unavailable=False)
     unscaled = _fused.host_unscale([grads[i] for i in rest], grad_scale,
                                    found_inf) if rest else None
     if unscaled is not None:

@@ -647,20 +647,19 @@ def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
     moments = [lists[2], lists[3]] + ([lists[4]] if hyper['amsgrad'] else [])
     how = _fused.route(
         'adam', 'torch', params, [grads, *moments], steps=lists[5])
-    if gc_on_update and any(centralized):
+    update = [i for i, h in enumerate(how) if h == 'torch' and centralized[i]]
+    if gc_on_update and update:
         _fused.log_once(
             'GC on the update needs the update, which torch\'s fused Adam '
-            'does not return', 'the foreach kernel for centralized tensors',
-            'fused=True with GC on the update')
-        how = [
-            'update' if c and h == 'torch' else h
-            for c, h in zip(centralized, how)
-        ]
-        idx = [i for i, h in enumerate(how) if h == 'update']
-        unscaled = _fused.host_unscale([grads[i] for i in idx], grad_scale,
+            'does not return',
+            'the foreach kernel for centralized tensors',
+            'fused=True with GC on the update',
+            unavailable=False)
+        how = ['update' if i in update else h for i, h in enumerate(how)]
+        unscaled = _fused.host_unscale([grads[i] for i in update], grad_scale,
                                        found_inf)
         if unscaled is not None:
-            sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+            sub = [[lst[i] for i in update] if lst else [] for lst in lists]
             sub[1] = unscaled
             _foreach_adam_gc_centralized(
                 *sub,

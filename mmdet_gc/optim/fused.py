@@ -199,14 +199,21 @@ def module_or_log(what: str, fallback: str) -> Optional[Any]:
     return built
 
 
-def log_once(reason: str, fallback: str, what: str = 'fused=True') -> None:
+def log_once(reason: str,
+             fallback: str,
+             what: str = 'fused=True',
+             unavailable: bool = True) -> None:
+    """One warning per reason and process: ``what`` runs ``fallback``
+    instead, because the fused GC kernels are unavailable (``reason``) or,
+    with ``unavailable=False``, because of ``reason``."""
     if (reason, what) in _logged:
         return
     _logged.add((reason, what))
     from mmengine.logging import print_log
+    why = f'fused GC kernels unavailable ({reason})' if unavailable else \
+        reason
     print_log(
-        f'mmdet_gc: fused GC kernels unavailable ({reason}); '
-        f'{what} runs {fallback} instead',
+        f'mmdet_gc: {why}; {what} runs {fallback} instead',
         logger='current',
         level=logging.WARNING)
 
@@ -318,11 +325,14 @@ def route(family: str,
         takes = module().fused_takes(
             list(params), [_tensors(s) for s in states])
     else:
+        # The parameter itself too: a channels_last weight with a
+        # contiguous gradient would be read in the wrong order.
         takes = [
-            all(
+            _reads_as_values(p) and all(
                 _reads_as_values(t) and t.shape == p.shape
-                and t.dtype == p.dtype and t.device == p.device for t in ts
-                if t is not None) for p, *ts in zip(params, *states)
+                and t.dtype == p.dtype and t.device == p.device
+                for t in ts if t is not None)
+            for p, *ts in zip(params, *states)
         ] if states else [_reads_as_values(p) for p in params]
     half_ok = _half_safe(*scalars)
     out = []
@@ -352,9 +362,20 @@ def torch_fused_grads(params: Sequence[Tensor], grads: Sequence[Tensor],
     """The gradients a ``'torch'`` fused step hands torch's kernel: for the
     centralized parameters :func:`route` gave it,
     ``GC((-)g + weight_decay * s * p)`` in one scratch buffer per device
-    and dtype (``s``: the GradScaler's scale; ``p.grad`` is never
-    modified); the others' gradients as they are."""
+    and dtype (``s``: the GradScaler's scale); under a GradScaler, copies
+    of the others' (torch's kernels unscale them in place); the rest as
+    they are. ``p.grad`` is never modified."""
     grads = list(grads)
+    if grad_scale is not None:
+        # torch's fused kernels write the unscaled gradient back: they get
+        # copies (x * 1 is exact) of the gradients that are not centralized.
+        plain = [
+            i for i, h in enumerate(how) if h == 'torch' and not centralized[i]
+        ]
+        if plain:
+            copies = torch._foreach_mul([grads[i] for i in plain], 1.)
+            for i, copy in zip(plain, copies):
+                grads[i] = copy
     idx = [i for i, h in enumerate(how) if h == 'torch' and centralized[i]]
     if not idx:
         return grads

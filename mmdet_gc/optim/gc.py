@@ -470,9 +470,17 @@ def choose_kernel(params: Sequence[Tensor], foreach: Optional[bool],
     """The kernel a family's functional runs, chosen as torch.optim's
     functionals choose: ``fused`` (opt-in), else ``foreach`` (``None``:
     foreach on CUDA, a loop on the CPU), else the single-tensor kernel;
-    a GradScaler's tensors go to the fused kernel only."""
+    a GradScaler's tensors go to the fused kernel only. A compiled step
+    runs the single-tensor kernel, which inductor fuses."""
     if fused and foreach:
         raise ValueError('`fused` and `foreach` cannot be `True` together')
+    if torch.compiler.is_compiling():
+        # inductor fuses the loop; neither our compiled kernels nor the
+        # foreach ops with a step size per tensor trace whole.
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError('a compiled GC step takes no GradScaler '
+                               'scale (compile it without AMP)')
+        return single
     if fused:
         return fused_kernel
     if grad_scale is not None or found_inf is not None:

@@ -465,6 +465,20 @@ def _torch_fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
     momentum = hyper['momentum']
     bufs = momentum_buffer_list if momentum != 0 else [None] * len(params)
     how = _fused.route('sgd', 'torch', params, [grads, bufs])
+    new = [i for i, h in enumerate(how) if h == 'torch' and bufs[i] is None]
+    if found_inf is not None and momentum != 0 and new:
+        # torch makes a first step's buffers with ``empty_like`` and leaves
+        # them so when it skips the step. Zeros instead: without dampening
+        # a step from zero buffers is the first step, bit for bit, taken or
+        # skipped; with dampening it is not, so the flag is read on the
+        # host (only then).
+        if hyper['dampening'] != 0:
+            if bool(found_inf):
+                return
+        else:
+            for i in new:
+                momentum_buffer_list[i] = torch.zeros_like(
+                    params[i], memory_format=torch.preserve_format)
     grads = _fused.torch_fused_grads(params, grads, how, centralized,
                                      hyper['weight_decay'], hyper['maximize'],
                                      grad_scale)
