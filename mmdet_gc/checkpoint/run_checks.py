@@ -42,59 +42,82 @@ class RunObjects:
     #: The optimizer's and the schedulers' states as the config builds
     #: them, before any file is loaded into them.
     config_state: Optional[dict] = None
+    #: With ``after_model``: the random states right after the model was
+    #: built, for a runner that takes this model as its own.
+    random_state: Optional[dict] = None
 
 
-def build_run(cfg: Config, optimizer: bool = True) -> RunObjects:
+def build_run(cfg: Config,
+              optimizer: bool = True,
+              after_model: bool = False) -> RunObjects:
     """Build the config's model and, with ``optimizer``, its optimizer
     wrapper and parameter schedulers, as MMEngine's runner builds them, on
-    the CPU and without loading any weights.
+    the CPU and without loading any weights; with ``after_model``, record
+    the random states the model's build left
+    (:attr:`RunObjects.random_state`).
 
     Raises:
         BuildError: What a registry raised on a bad config, naming the
             part (``model``, ``optim_wrapper`` with its optimizer type,
             ``param_scheduler``).
     """
-    from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS, DefaultScope
     scope = cfg.get('default_scope', 'mmdet')
     with DefaultScope.overwrite_default_scope(scope):
         if scope is not None and DefaultScope.get_current_instance() is None:
             DefaultScope.get_instance('mmdet_gc_checks', scope_name=scope)
         with _part('model'):
-            model = MODELS.build(copy.deepcopy(cfg.model))
-        if not optimizer or cfg.get('optim_wrapper') is None:
-            return RunObjects(model)
-        kind = (cfg.optim_wrapper.get('optimizer') or {}).get('type')
-        kind = getattr(kind, '__name__', kind)
-        with _part(f'optim_wrapper (optimizer {kind})'):
-            wrapper = build_optim_wrapper(model,
-                                          copy.deepcopy(cfg.optim_wrapper))
-        schedulers = cfg.get('param_scheduler')
-        if schedulers is None:
-            return RunObjects(
-                model, wrapper, None,
-                dict(optimizer=copy.deepcopy(wrapper.state_dict()),
-                     schedulers=None))
+            model_cfg = copy.deepcopy(cfg.model)
+            if cfg.get('data_preprocessor') is not None:  # as the runner
+                model_cfg.setdefault('data_preprocessor',
+                                     copy.deepcopy(cfg.data_preprocessor))
+            model = MODELS.build(model_cfg)
+        state = None
+        if after_model:
+            from ..utils.random_state import capture_random_state
+            state = capture_random_state()
+        run = _build_optim(cfg, model) if optimizer else RunObjects(model)
+        run.random_state = state
+        return run
 
-        def build(configs: Any, optim: Any) -> List[Any]:
-            # The state's keys do not depend on the epoch length.
-            return build_schedulers(cfg, configs, optim, epoch_length=1)
 
-        with _part('param_scheduler'):
-            if isinstance(schedulers, dict) and 'type' not in schedulers:
-                built = {
-                    name: build(schedulers[name], wrapper[name])
-                    for name in schedulers
-                }
-            else:
-                built = build(schedulers, wrapper)
-        states = None if isinstance(built, dict) else [
-            copy.deepcopy(one.state_dict()) for one in built
-        ]
+def _build_optim(cfg: Config, model: Any) -> RunObjects:
+    """The optimizer wrapper and schedulers of :func:`build_run` (in its
+    default scope)."""
+    from mmengine.optim import build_optim_wrapper
+    if cfg.get('optim_wrapper') is None:
+        return RunObjects(model)
+    kind = (cfg.optim_wrapper.get('optimizer') or {}).get('type')
+    kind = getattr(kind, '__name__', kind)
+    with _part(f'optim_wrapper (optimizer {kind})'):
+        wrapper = build_optim_wrapper(model,
+                                      copy.deepcopy(cfg.optim_wrapper))
+    schedulers = cfg.get('param_scheduler')
+    if schedulers is None:
         return RunObjects(
-            model, wrapper, built,
+            model, wrapper, None,
             dict(optimizer=copy.deepcopy(wrapper.state_dict()),
-                 schedulers=states))
+                 schedulers=None))
+
+    def build(configs: Any, optim: Any) -> List[Any]:
+        # The state's keys do not depend on the epoch length.
+        return build_schedulers(cfg, configs, optim, epoch_length=1)
+
+    with _part('param_scheduler'):
+        if isinstance(schedulers, dict) and 'type' not in schedulers:
+            built = {
+                name: build(schedulers[name], wrapper[name])
+                for name in schedulers
+            }
+        else:
+            built = build(schedulers, wrapper)
+    states = None if isinstance(built, dict) else [
+        copy.deepcopy(one.state_dict()) for one in built
+    ]
+    return RunObjects(
+        model, wrapper, built,
+        dict(optimizer=copy.deepcopy(wrapper.state_dict()),
+             schedulers=states))
 
 
 def build_schedulers(cfg: Config, configs: Any, optimizer: Any,

@@ -289,19 +289,48 @@ def one_line(text: str) -> str:
                    for c in ' '.join(str(text).split()))
 
 
-def build_run_or_fail(cfg: Config, optimizer: bool = True) -> Any:
+def build_run_or_fail(cfg: Config,
+                      optimizer: bool = True,
+                      for_runner: bool = False) -> Any:
     """The config's model (and optimizer wrapper and schedulers), built as
     the runner will build them: a config that cannot build them (e.g. a
     bad ``--cfg-options`` value) fails here, with one line.
+
+    With ``for_runner``, the model is built as the runner would build it,
+    right after seeding the generators as it seeds them (a config without a
+    seed gets the one drawn here), so that the runner can take it
+    (:func:`build_runner`) instead of building it again; where it cannot
+    be (several processes drawing or offsetting their seeds), the runner
+    builds its own.
 
     Raises:
         InputError: Naming the error.
     """
     from ..checkpoint.run_checks import BuildError, build_run
     try:
-        return build_run(cfg, optimizer=optimizer)
+        return build_run(
+            cfg,
+            optimizer=optimizer,
+            after_model=for_runner and _seed_as_the_runner(cfg))
     except BuildError as e:
         raise InputError(f'the config cannot build its {e}') from None
+
+
+def _seed_as_the_runner(cfg: Config) -> bool:
+    """Seed the generators as ``Runner.set_randomness`` will; False (and
+    nothing seeded) where a process cannot know its seed yet."""
+    from mmengine.runner.utils import set_random_seed
+    randomness = dict(cfg.get('randomness') or {})
+    if cfg.get('launcher',
+               'none') != 'none' and (randomness.get('seed') is None
+                                      or randomness.get('diff_rank_seed')):
+        return False  # drawn on rank 0 or offset by rank: after dist init
+    randomness['seed'] = set_random_seed(
+        seed=randomness.get('seed'),
+        deterministic=randomness.get('deterministic', False),
+        diff_rank_seed=randomness.get('diff_rank_seed', False))
+    cfg.randomness = randomness
+    return True
 
 
 def add_plain_checkpoint_hook(cfg: Config) -> bool:
@@ -513,8 +542,9 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
     except (InputError, CheckpointError) as e:
-        text = '\n'.join(map(one_line, str(e).splitlines())) if getattr(
-            e, 'lines', False) else one_line(e)
+        text = '\n'.join(map(one_line,
+                             str(e).splitlines())) if getattr(
+                                 e, 'lines', False) else one_line(e)
         sys.exit(f'{tool}: error: {text}')
     if getattr(args, 'added_plain_hook', False):
         print(
@@ -525,23 +555,37 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
     return cfg, door
 
 
-def run_through_door(cfg: Config, door: Any, tool: str,
-                     action: Callable[[Any], None]) -> None:
-    """Build the runner and run ``action(runner)`` with ``door`` as
-    MMEngine's loader for every checkpoint scheme; a checkpoint the door
-    refuses there (one not read up front) ends the tool with one line."""
+def run_through_door(cfg: Config,
+                     door: Any,
+                     tool: str,
+                     action: Callable[[Any], None],
+                     run: Any = None) -> None:
+    """Build the runner (taking ``run``'s model, see :func:`build_runner`)
+    and run ``action(runner)`` with ``door`` as MMEngine's loader for every
+    checkpoint scheme; a checkpoint the door refuses there (one not read up
+    front) ends the tool with one line."""
     from ..checkpoint import CheckpointError
     with door.installed():
         try:
-            action(build_runner(cfg))
+            action(build_runner(cfg, run))
         except CheckpointError as e:
             sys.exit(f'{tool}: error: {one_line(e)}')
 
 
-def build_runner(cfg: Config) -> Any:
-    """MMEngine's ``Runner``, or the config's ``runner_type`` (as mmdet)."""
+def build_runner(cfg: Config, run: Any = None) -> Any:
+    """MMEngine's ``Runner``, or the config's ``runner_type`` (as mmdet).
+
+    Given ``run`` (:func:`build_run_or_fail` with ``for_runner``), MMEngine's
+    runner takes its model instead of building the config's again
+    (:class:`~mmdet_gc.engine.runner.PrebuiltModelRunner`); a
+    ``runner_type`` of the config builds its own.
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if 'runner_type' not in cfg:
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    if run is None or run.random_state is None:
         return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    from ..engine.runner import PrebuiltModelRunner, model_built
+    with model_built(run.model, run.random_state):
+        return PrebuiltModelRunner.from_cfg(cfg)

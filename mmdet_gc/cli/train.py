@@ -66,6 +66,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
+#: The objects :func:`build_cfg` built for a config (by ``id``), which the
+#: runner takes over.
+_RUNS: dict = {}
+
+
 def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     """The run's config from the flags, with every checkpoint the run will
     load read through ``door`` and checked against the run; raises
@@ -97,8 +102,10 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
                              ' configuration file.')
 
     # What the runner will build, built now: a config (or --cfg-options
-    # value) that cannot build it stops here, before the work dir.
-    run = build_run_or_fail(cfg)
+    # value) that cannot build it stops here, before the work dir; the
+    # runner then takes this model (one build).
+    run = build_run_or_fail(cfg, for_runner=True)
+    _RUNS[id(cfg)] = run
 
     trust = args.trust_checkpoint
     if args.resume is not None:
@@ -120,8 +127,8 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
         cfg.load_from = resume_from
         if resume_from is not None:
             try:
-                differences = check_resume_against_run(
-                    ckpt, resume_from, cfg, run)
+                differences = check_resume_against_run(ckpt, resume_from, cfg,
+                                                       run)
             except CheckpointError as e:
                 raise InputError(f'--resume {e}') from None
             if differences and not args.resume_with_config:
@@ -130,7 +137,8 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
                     'settings that differ from the config:\n' +
                     '\n'.join(f'  {d}' for d in differences) +
                     '\npass --resume-with-config to go on with the '
-                    "config's values", lines=True)
+                    "config's values",
+                    lines=True)
             if differences:
                 try:
                     take_config_settings(ckpt, run, differences)
@@ -174,8 +182,10 @@ def newest_intact_checkpoint(door: CheckpointDoor, work_dir: str) -> tuple:
         candidates.append(named)
     elif not skipped:
         return None, None
-    found = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
-             if osp.isfile(p)]
+    found = [
+        p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
+        if osp.isfile(p)
+    ]
     candidates += sorted(found, key=osp.getmtime, reverse=True)
     for path in dict.fromkeys(candidates):
         try:
@@ -197,7 +207,12 @@ def main(argv: Optional[Sequence[str]] = None,
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
     cfg, door = prepare_or_exit(build_cfg, args, args.prog)
-    run_through_door(cfg, door, args.prog, lambda runner: runner.train())
+    run_through_door(
+        cfg,
+        door,
+        args.prog,
+        lambda runner: runner.train(),
+        run=_RUNS.pop(id(cfg), None))
 
 
 if __name__ == '__main__':
