@@ -17,6 +17,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 
 from ..optim import GC_OPTIMIZERS
 from ..utils import InputError
+from ..utils.messages import first_line, one_line
 
 
 def _gc_names() -> str:
@@ -282,13 +283,6 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     return found
 
 
-def one_line(text: str) -> str:
-    """A message for the terminal: one line of printable characters (a
-    message can quote a file's keys or paths)."""
-    return ''.join(c if c.isprintable() else ' '
-                   for c in ' '.join(str(text).split()))
-
-
 def build_run_or_fail(cfg: Config,
                       optimizer: bool = True,
                       for_runner: bool = False) -> Any:
@@ -460,9 +454,8 @@ def read_config(path: str) -> Config:
                          f'({e.filename}, line {e.lineno})') from e
     except (OSError, ValueError, KeyError, ImportError, TypeError,
             AssertionError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise InputError(f'cannot read config {path}: '
-                         f'{type(e).__name__}: {reason}') from e
+        raise InputError(
+            f'cannot read config {path}: {first_line(e)}') from e
 
 
 class CfgOptions(DictAction):
@@ -488,10 +481,8 @@ def merge_options(cfg: Config, options: Optional[dict], config: str) -> None:
     try:
         cfg.merge_from_dict(options)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
-        text = str(e).strip().splitlines()
-        raise InputError(
-            f'--cfg-options cannot be merged into {config}: '
-            f'{type(e).__name__}: {text[0] if text else ""}') from None
+        raise InputError(f'--cfg-options cannot be merged into {config}: '
+                         f'{first_line(e)}') from None
 
 
 def load_config(args: argparse.Namespace) -> Config:
