@@ -375,6 +375,41 @@ def make_resumable(cfg: Config) -> None:
         hook['type'] = RESUMABLE[hook['type']]
 
 
+def check_train_loop(cfg: Config) -> None:
+    """Every ``train_cfg`` key is an argument of its loop: the loop is the
+    one part of a run the runner builds after the work dir is made, so a
+    typo (``max_iter``) would otherwise stop the run there, in a traceback.
+
+    Raises:
+        InputError: Naming the keys the loop does not take.
+    """
+    import inspect
+
+    from mmengine.registry import LOOPS
+    train = cfg.get('train_cfg')
+    if not isinstance(train, dict) or 'type' not in train:
+        return
+    loop = train['type']
+    if isinstance(loop, str):
+        loop = LOOPS.get(loop)
+    if not inspect.isclass(loop):
+        return  # unknown: the runner names it
+    taken = set()
+    for klass in loop.__mro__:
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL,
+                                                           p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    unknown = sorted(set(train) - taken - {'type'})
+    if unknown:
+        takes = ', '.join(sorted(taken - {'self', 'runner', 'dataloader'}))
+        raise InputError(f'train_cfg: {loop.__name__} takes no '
+                         f'{", ".join(unknown)} (it takes: {takes})')
+
+
 def use_cpu_distributed(cfg: Config) -> None:
     """Let ``--launcher pytorch`` run on a machine without CUDA (gloo).
 

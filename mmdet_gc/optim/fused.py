@@ -125,8 +125,18 @@ def _build_failure(exc: BaseException) -> str:
 
 
 def _build() -> Any:
-    from torch.utils.cpp_extension import load
+    from mmengine.logging import print_log
+    from torch.utils.cpp_extension import _get_build_directory, load
 
+    name = extension_name()
+    folder = _get_build_directory(name, verbose=False)
+    if not os.path.exists(os.path.join(folder, f'{name}.so')):
+        # The first step waits for the compiler: say so, once.
+        print_log(
+            'mmdet_gc: compiling the fused GC kernels for fused=True (once: '
+            f'about half a minute; cached in {folder})',
+            logger='current',
+            level=logging.INFO)
     # torch logs its own compiler warnings; a failure is reported in one
     # line by the caller instead.
     torch_log = logging.getLogger('torch.utils.cpp_extension')
@@ -134,7 +144,7 @@ def _build() -> Any:
     torch_log.setLevel(logging.ERROR)
     try:
         return load(
-            name=extension_name(),
+            name=name,
             sources=_SOURCES,
             extra_include_paths=[_CSRC],
             extra_cflags=_cflags(),
