@@ -27,16 +27,11 @@ def test_a_train_cfg_key_the_loop_does_not_take_is_named(loop, good, typo):
             Config(dict(train_cfg=dict(type=loop, **good, **{typo: 1}))))
 
 
-def test_the_train_tool_stops_on_it_before_the_work_dir(tmp_path):
+def test_the_train_tool_stops_on_it_before_the_work_dir(tmp_path, data_root):
     work = tmp_path / 'work'
-    proc = run_tool(
-        'tools/train.py',
-        DEMO,
-        '--work-dir',
-        str(work),
-        '--cfg-options',
-        'train_cfg.max_iter=10',
-        ok=False)
+    proc = run_tool('tools/train.py', tiny_config(tmp_path, data_root),
+                    '--work-dir', str(work), '--cfg-options',
+                    'train_cfg.max_iter=10', ok=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         proc.stderr.strip().splitlines()[0]
