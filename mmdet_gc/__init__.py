@@ -14,7 +14,6 @@ data that stock ``torch.load(weights_only=True)`` accepts (see
 The package carries its configs (:func:`config_path`; ``mmdet_gc::NAME``
 in a ``_base_``) and the ``mmdet-gc`` command (:mod:`mmdet_gc.cli`).
 """
-from ._deprecated import install as _serve_moved_modules
 from .engine.hooks import GCStatsHook, PlainCheckpointHook, RowMeanDriftHook
 from .optim import *  # noqa: F401,F403
 from .optim import (GC_OPTIMIZERS, GCOptimizer, centralize, foreach_centralize,
@@ -36,7 +35,6 @@ register_gc_hooks()
 register_gc_transforms()
 register_resumable_loops()
 register_config_package()
-_serve_moved_modules()
 
 __all__ = [
     'centralize', 'foreach_centralize', 'is_centralized', 'GC_OPTIMIZERS',

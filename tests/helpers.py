@@ -4,6 +4,7 @@ none on some steps)."""
 import copy
 import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -11,10 +12,12 @@ import torch
 DT = torch.float64
 
 #: Where the numerics tests run: the CPU, and the CUDA device where one is
-#: present (those cases are skipped here; ``tools/gpu_check.sh`` runs them,
-#: ``pytest -m cuda``).
-DEVICES = [
-    'cpu',
+#: present (``tools/gpu_check.sh`` runs those, ``pytest -m cuda``). Without
+#: one the CUDA cases are not collected at all, but for
+#: ``MMDET_GC_COLLECT_CUDA=1`` (``gpu_check.sh --cpu-smoke`` lists them).
+CUDA_CASES = torch.cuda.is_available() or \
+    os.environ.get('MMDET_GC_COLLECT_CUDA') == '1'
+DEVICES = ['cpu'] + ([
     pytest.param(
         'cuda',
         marks=[
@@ -22,7 +25,7 @@ DEVICES = [
             pytest.mark.skipif(
                 not torch.cuda.is_available(), reason='no CUDA device')
         ])
-]
+] if CUDA_CASES else [])
 
 # name -> shape: conv2d, linear, conv1d, bias, norm scale, depthwise conv
 SHAPES = {

@@ -55,3 +55,55 @@ def test_paper_rows_carry_the_papers_reference_ap():
     assert r50['Metadata']['Paper box AP with GC'] == 37.9
     assert r50['Metadata']['Paper mask AP with GC'] == 34.7
     assert 'Results' not in r50  # nothing measured with it yet
+
+
+def _mmdet_ap(baseline):
+    """mmdet 3.3's own box (and mask) AP for one of its configs, from its
+    metafile."""
+    import mmdet
+    folder = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
+                      osp.dirname(baseline))
+    data = yaml.safe_load(open(osp.join(folder, 'metafile.yml')))
+    # mmdet's metafile writes the '+' of gn+ws/ URL-encoded.
+    from urllib.parse import unquote
+    model = next(m for m in data['Models']
+                 if unquote(m['Config']) == f'configs/{baseline}')
+    aps = {r['Task']: r['Metrics'] for r in model['Results']}
+    box = aps['Object Detection']['box AP']
+    mask = aps.get('Instance Segmentation', {}).get('mask AP')
+    return box, mask
+
+
+def _readme_rows():
+    """The README's results rows that link one of our configs: (config,
+    baseline, paper w/ GC, mmdet 3.3) as written."""
+    import re
+    text = open(osp.join(ROOT, 'README.md')).read()
+    pattern = (r'^\| \[[^\]]+\]\((configs/[^)]+)\) \| `([^`]+)` \| [^|]+ \| '
+               r'([^|]+) \| ([^|]+) \| [^|]+ \|$')
+    return re.findall(pattern, text, re.M)
+
+
+def test_the_readme_results_tables_agree_with_the_metafiles():
+    """Each paper row of the README: our metafile's paper AP and mmdet's
+    own metafile's AP for the baseline, as the README prints them."""
+    ours = {}
+    for meta in _index():
+        for model in yaml.safe_load(open(osp.join(PACKAGE, '.mim',
+                                                  meta)))['Models']:
+            ours[model['Config']] = model
+    rows = _readme_rows()
+    assert len(rows) >= 11  # 5 Faster R-CNN and 6 Mask R-CNN rows
+    for config, baseline, paper, mmdet_ap in rows:
+        model = ours[config]
+        assert model['Metadata']['Baseline Config'] == baseline, config
+        box = model['Metadata'].get('Paper box AP with GC')
+        mask = model['Metadata'].get('Paper mask AP with GC')
+        if box is None:
+            assert paper.strip() == '-', config
+        else:
+            expected = f'{box}' if mask is None else f'{box} / {mask}'
+            assert paper.strip() == expected, config
+        box, mask = _mmdet_ap(baseline)
+        expected = f'{box}' if mask is None else f'{box} / {mask}'
+        assert mmdet_ap.strip() == expected, config

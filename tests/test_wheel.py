@@ -182,6 +182,12 @@ def test_commands_have_the_flags_of_their_tools(command, tool):
                              f'tools/{tool}').split() == by_tool.split()
 
 
+def test_no_command_prints_the_usage_and_fails():
+    proc = run_tool('-m', 'mmdet_gc', ok=False)
+    assert proc.returncode == 2
+    assert proc.stdout == '' and 'train' in proc.stderr
+
+
 def test_unknown_command_is_one_line():
     proc = run_tool('-m', 'mmdet_gc', 'trian', ok=False)
     assert proc.returncode == 1

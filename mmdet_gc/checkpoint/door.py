@@ -35,9 +35,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..utils.messages import first_line
 from .errors import CheckpointError
-from .reader import check_contents, read_checkpoint
 from .plain import from_plain, to_plain
+from .reader import check_contents, read_checkpoint
 
 HTTP = ('http://', 'https://')
 TORCHVISION = ('modelzoo://', 'torchvision://')
@@ -94,7 +95,8 @@ def download(url: str, fresh: Optional[str] = None) -> Tuple[str, bool]:
                 raise
             except Exception as e:
                 raise CheckpointError(
-                    f'checkpoint {url} cannot be downloaded ({_reason(e)}); '
+                    f'checkpoint {url} cannot be downloaded '
+                    f'({first_line(e)}); '
                     f'place the file at {hub_cache_file(url)}, or do without '
                     'it (for a pretrained backbone: --cfg-options '
                     'model.backbone.init_cfg=None)'
@@ -141,11 +143,6 @@ def fetch(url: str, dst: str) -> None:
             os.remove(tmp)
 
 
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
-
-
 def _zoo_url(source: str, prefix: str, table: Callable[[], dict],
              what: str) -> str:
     name = source[len(prefix):]
@@ -153,7 +150,7 @@ def _zoo_url(source: str, prefix: str, table: Callable[[], dict],
         urls = table()
     except Exception as e:  # a broken table or package
         raise CheckpointError(f'checkpoint {source}: the {what} table cannot '
-                              f'be read ({_reason(e)})') from None
+                              f'be read ({first_line(e)})') from None
     url = urls.get(name) if isinstance(urls, dict) else None
     if not isinstance(url, str):
         raise CheckpointError(f'checkpoint {source}: {what} has no model '
@@ -259,7 +256,7 @@ def local_file(
         raise
     except Exception as e:  # no petrel / pavi client, no such object...
         raise CheckpointError(f'checkpoint {source} cannot be fetched: '
-                              f'{_reason(e)}') from None
+                              f'{first_line(e)}') from None
     raise CheckpointError(
         f'checkpoint {source}: its scheme {scheme!r} is not one mmdet-gc '
         'reads as data; fetch the file and give its local path (or pass '
@@ -344,7 +341,7 @@ class CheckpointDoor:
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(f'checkpoint {source} cannot be checked: '
-                                  f'{_reason(e)}') from None
+                                  f'{first_line(e)}') from None
         self._checked[source] = ckpt
         return ckpt
 

@@ -26,14 +26,10 @@ from typing import Any, List, Optional
 import numpy as np
 import torch
 
+from ..utils.messages import first_line
 from .errors import CheckpointError, ForeignCheckpointError
 from .plain import EXECUTED_META, DecodedCheckpoint, from_plain, to_plain
 from .stock import StockCheckpointError, resolve, stand_ins
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
 def _unsupported_globals(path: str, error: BaseException) -> List[str]:
@@ -69,7 +65,7 @@ def check_structure(path: str) -> None:
         except Exception as e:  # BadZipFile, NotImplementedError, EOFError
             raise CheckpointError(
                 f'checkpoint {path} is a truncated or corrupt zip archive '
-                f'({_first_line(e)})') from None
+                f'({first_line(e)})') from None
         if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
             # torch.save stores; a compressed entry could unpack into far
             # more memory than the file takes.
@@ -163,13 +159,13 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
         if not trust and 'weights_only' in str(e) and 'GLOBAL' in str(e):
             raise _refuse_foreign(path, e) from None
         raise CheckpointError(f'checkpoint {path} is corrupt: '
-                              f'{_first_line(e)}') from None
+                              f'{first_line(e)}') from None
     except MemoryError:
         raise CheckpointError(f'checkpoint {path} is corrupt: it asks for '
                               'more memory than there is') from None
     except Exception as e:  # torch's zip reader, truncated pickles...
         raise CheckpointError(f'checkpoint {path} is truncated or corrupt: '
-                              f'{_first_line(e)}') from None
+                              f'{first_line(e)}') from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'checkpoint {path} holds a '
                               f'{type(ckpt).__name__}, not a dict')
@@ -185,10 +181,10 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
                               ) from None
     except (TypeError, ValueError) as e:  # ours, naming the key path
         raise CheckpointError(f'checkpoint {path} is malformed: '
-                              f'{str(e).splitlines()[0]}') from None
+                              f'{first_line(e, typed=False)}') from None
     except (RuntimeError, MemoryError) as e:  # torch / numpy on odd data
         raise CheckpointError(f'checkpoint {path} is malformed: '
-                              f'{_first_line(e)}') from None
+                              f'{first_line(e)}') from None
 
 
 def _check_weights(weights: Any, path: str) -> None:

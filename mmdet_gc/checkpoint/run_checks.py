@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from mmengine.config import Config
 
+from ..utils.messages import first_line
 from .errors import CheckpointError
 from .plain import key_label
 from .reader import non_finite, real_number
@@ -151,9 +152,7 @@ def _part(name: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # whatever a registry or a constructor raises
-        text = str(e).strip().splitlines()
-        raise BuildError(f'{name}: {type(e).__name__}: '
-                         f'{text[0][:300] if text else ""}') from None
+        raise BuildError(f'{name}: {first_line(e, limit=300)}') from None
 
 
 def _kind(value: Any) -> str:
@@ -271,9 +270,7 @@ def _check_hyper_parameters(optimizer: Any, group: dict, where: str) -> None:
     try:
         type(optimizer)([dummy], **kwargs)
     except Exception as e:  # ValueError, TypeError, RuntimeError...
-        text = str(e).strip().splitlines()
-        raise ValueError(f'{where}: {text[0] if text else type(e).__name__}'
-                         ) from None
+        raise ValueError(f'{where}: {first_line(e, typed=False)}') from None
 
 
 def _check_state(state: dict, params: Dict[Any, torch.Tensor],
@@ -389,9 +386,8 @@ def _check_optimizer(saved: Any, wrapper: Any, where: str,
         # writes, and the runner must get the file's own.
         wrapper.load_state_dict(copy.deepcopy(saved))
     except Exception as e:
-        text = str(e).strip().splitlines()
         raise ValueError(f'{where} does not load: '
-                         f'{text[0] if text else type(e).__name__}') from None
+                         f'{first_line(e, typed=False)}') from None
     for i, (group, want) in enumerate(
             zip(optimizer.param_groups, built['param_groups'])):
         missing = sorted(set(want) - set(group))
@@ -411,10 +407,8 @@ def _dry_step(optimizer: Any, where: str) -> None:
             p.grad = torch.zeros_like(p)
         optimizer.step()
     except Exception as e:
-        text = str(e).strip().splitlines()
         raise ValueError(f'{where}: a step with this state fails: '
-                         f'{type(e).__name__}: {text[0] if text else ""}'
-                         ) from None
+                         f'{first_line(e)}') from None
     finally:
         for p in params:
             p.grad = None
@@ -458,10 +452,9 @@ def _check_schedulers(saved: Any, built: List[Any], where: str,
         try:  # what the next step computes from this state
             scheduler.step()
         except Exception as e:
-            text = str(e).strip().splitlines()
             raise ValueError(f'{at}: a step of {type(scheduler).__name__} '
-                             f'with this state fails: {type(e).__name__}: '
-                             f'{text[0] if text else ""}') from None
+                             f'with this state fails: {first_line(e)}'
+                             ) from None
         for j, group in enumerate(scheduler.optimizer.param_groups):
             value = group.get(scheduler.param_name)
             if non_finite(value):
@@ -697,10 +690,9 @@ def check_resume_against_run(ckpt: dict, path: str, cfg: Config,
         raise CheckpointError(f'checkpoint {path} cannot be resumed by this '
                               f'config: {e}') from None
     except Exception as e:  # anything else the checks ran into
-        text = str(e).strip().splitlines()
         raise CheckpointError(
             f'checkpoint {path} cannot be resumed by this config: '
-            f'{type(e).__name__}: {text[0] if text else ""}') from None
+            f'{first_line(e)}') from None
     return differences
 
 

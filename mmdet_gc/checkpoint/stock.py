@@ -22,7 +22,6 @@ import math
 from typing import Any, List, Tuple
 
 import numpy as np
-
 import torch
 
 from .plain import _NUMPY_DTYPES, MAX_DEPTH, key_label, make_history_buffer

@@ -53,7 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run ``mmdet-gc COMMAND ARGS`` (``argv`` defaults to
     ``sys.argv[1:]``). Only the chosen command's module is imported."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help'):
+    if not argv:  # a command is required, as argparse has it: status 2
+        print(usage(), file=sys.stderr)
+        sys.exit(2)
+    if argv[0] in ('-h', '--help'):
         print(usage())
         return
     if argv[0] == '--version':

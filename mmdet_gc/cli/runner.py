@@ -17,6 +17,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 
 from ..optim import GC_OPTIMIZERS
 from ..utils import InputError
+from ..utils.messages import first_line, one_line
 
 
 def _gc_names() -> str:
@@ -282,13 +283,6 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     return found
 
 
-def one_line(text: str) -> str:
-    """A message for the terminal: one line of printable characters (a
-    message can quote a file's keys or paths)."""
-    return ''.join(c if c.isprintable() else ' '
-                   for c in ' '.join(str(text).split()))
-
-
 def build_run_or_fail(cfg: Config,
                       optimizer: bool = True,
                       for_runner: bool = False) -> Any:
@@ -381,6 +375,41 @@ def make_resumable(cfg: Config) -> None:
         hook['type'] = RESUMABLE[hook['type']]
 
 
+def check_train_loop(cfg: Config) -> None:
+    """Every ``train_cfg`` key is an argument of its loop: the loop is the
+    one part of a run the runner builds after the work dir is made, so a
+    typo (``max_iter``) would otherwise stop the run there, in a traceback.
+
+    Raises:
+        InputError: Naming the keys the loop does not take.
+    """
+    import inspect
+
+    from mmengine.registry import LOOPS
+    train = cfg.get('train_cfg')
+    if not isinstance(train, dict) or 'type' not in train:
+        return
+    loop = train['type']
+    if isinstance(loop, str):
+        loop = LOOPS.get(loop)
+    if not inspect.isclass(loop):
+        return  # unknown: the runner names it
+    taken = set()
+    for klass in loop.__mro__:
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL,
+                                                           p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    unknown = sorted(set(train) - taken - {'type'})
+    if unknown:
+        takes = ', '.join(sorted(taken - {'self', 'runner', 'dataloader'}))
+        raise InputError(f'train_cfg: {loop.__name__} takes no '
+                         f'{", ".join(unknown)} (it takes: {takes})')
+
+
 def use_cpu_distributed(cfg: Config) -> None:
     """Let ``--launcher pytorch`` run on a machine without CUDA (gloo).
 
@@ -460,9 +489,8 @@ def read_config(path: str) -> Config:
                          f'({e.filename}, line {e.lineno})') from e
     except (OSError, ValueError, KeyError, ImportError, TypeError,
             AssertionError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise InputError(f'cannot read config {path}: '
-                         f'{type(e).__name__}: {reason}') from e
+        raise InputError(
+            f'cannot read config {path}: {first_line(e)}') from e
 
 
 class CfgOptions(DictAction):
@@ -488,10 +516,8 @@ def merge_options(cfg: Config, options: Optional[dict], config: str) -> None:
     try:
         cfg.merge_from_dict(options)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
-        text = str(e).strip().splitlines()
-        raise InputError(
-            f'--cfg-options cannot be merged into {config}: '
-            f'{type(e).__name__}: {text[0] if text else ""}') from None
+        raise InputError(f'--cfg-options cannot be merged into {config}: '
+                         f'{first_line(e)}') from None
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -20,12 +20,11 @@ import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
                                  check_resume_against_run,
                                  take_config_settings)
-from mmdet_gc.cli.runner import (InputError, add_runner_args, apply_gc,
-                                 build_run_or_fail, check_checkpoint,
-                                 check_dataset_paths, check_optimizer,
-                                 check_prefix, latest_checkpoint, load_config,
-                                 make_resumable, prepare_or_exit,
-                                 pretrained_sources, run_through_door)
+from mmdet_gc.cli.runner import (
+    InputError, add_runner_args, apply_gc, build_run_or_fail, check_checkpoint,
+    check_dataset_paths, check_optimizer, check_prefix, check_train_loop,
+    latest_checkpoint, load_config, make_resumable, prepare_or_exit,
+    pretrained_sources, run_through_door)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -77,6 +76,7 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     InputError on bad input."""
     cfg = load_config(args)
     make_resumable(cfg)
+    check_train_loop(cfg)
     if args.gc:
         apply_gc(cfg, args.gc)
     check_optimizer(cfg)

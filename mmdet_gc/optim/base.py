@@ -3,6 +3,7 @@
 Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -20,12 +21,15 @@ GC_KEYS = ('gc', 'gc_conv_only')
 def check_non_negative(**values: Any) -> None:
     """Raise ``ValueError`` naming the first hyper-parameter that is not a
     finite number >= 0 (a tensor must have one element), in torch.optim's
-    words."""
+    words, and ``TypeError`` naming one that is no number at all."""
     for name, value in values.items():
         if isinstance(value, Tensor):
             if value.numel() != 1:
                 raise ValueError(f'Tensor {name} must be 1-element')
             value = value.item()
+        if not isinstance(value, numbers.Real):  # e.g. a --cfg-options typo
+            raise TypeError(f'{name} must be a number, not '
+                            f'{type(value).__name__} {value!r}')
         if not math.isfinite(value) or value < 0.0:
             label = 'learning rate' if name == 'lr' else \
                 'epsilon value' if name == 'eps' else f'{name} value'

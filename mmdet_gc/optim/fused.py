@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
+from ..utils.messages import first_line
 from .gc import centralized_grads, cuda_paths_on_cpu
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
@@ -113,23 +114,29 @@ def extension_name() -> str:
     return f'mmdet_gc_fused_{digest.hexdigest()[:12]}'
 
 
-def _one_line(exc: BaseException) -> str:
-    """A short, single-line reason for a failed build."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    if len(text) > 160:
-        text = text[:157] + '...'
-    for ln in lines[1:]:
-        low = ln.lower()
-        if 'error' in low or 'not found' in low:
-            text += ' | ' + (ln if len(ln) <= 160 else ln[:157] + '...')
-            break
-    return f'{type(exc).__name__}: {text}'
+def _build_failure(exc: BaseException) -> str:
+    """A failed build in one line: the exception's first line and the
+    compiler's first error line."""
+    text = first_line(exc, limit=160)
+    for ln in str(exc).strip().splitlines()[1:]:
+        if 'error' in ln.lower() or 'not found' in ln.lower():
+            return f'{text} | {first_line(Exception(ln), False, 160)}'
+    return text
 
 
 def _build() -> Any:
-    from torch.utils.cpp_extension import load
+    from mmengine.logging import print_log
+    from torch.utils.cpp_extension import _get_build_directory, load
 
+    name = extension_name()
+    folder = _get_build_directory(name, verbose=False)
+    if not os.path.exists(os.path.join(folder, f'{name}.so')):
+        # The first step waits for the compiler: say so, once.
+        print_log(
+            'mmdet_gc: compiling the fused GC kernels for fused=True (once: '
+            f'about half a minute; cached in {folder})',
+            logger='current',
+            level=logging.INFO)
     # torch logs its own compiler warnings; a failure is reported in one
     # line by the caller instead.
     torch_log = logging.getLogger('torch.utils.cpp_extension')
@@ -137,7 +144,7 @@ def _build() -> Any:
     torch_log.setLevel(logging.ERROR)
     try:
         return load(
-            name=extension_name(),
+            name=name,
             sources=_SOURCES,
             extra_include_paths=[_CSRC],
             extra_cflags=_cflags(),
@@ -157,7 +164,7 @@ def module() -> Optional[Any]:
                 try:
                     _state['module'] = _build()
                 except Exception as exc:  # no compiler, no ninja, ...
-                    _state['reason'] = _one_line(exc)
+                    _state['reason'] = _build_failure(exc)
                 _state['tried'] = True
     return _state['module']
 
