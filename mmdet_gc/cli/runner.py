@@ -57,17 +57,9 @@ def apply_gc(cfg: Config, name: str) -> None:
             f'--gc {name} is {base} with GC, but the config trains with '
             f'{current}; pick the GC optimizer of the same algorithm so '
             'that its arguments carry over')
+    # Every GC optimizer has a fused step: a config's fused=True carries
+    # over.
     optimizer['type'] = name
-    if optimizer.get('fused') and 'fused' in GC_OPTIMIZERS[name].refused_modes:
-        # GC needs each row's mean, which torch's fused kernels do not
-        # compute; the multi-tensor kernel is the nearest path (the SGD
-        # and Adam families have fused kernels of their own and keep it).
-        optimizer.pop('fused')
-        optimizer['foreach'] = True
-        print(
-            f'--gc {name}: the config asks for fused=True, which {name} '
-            'does not have; using foreach=True instead',
-            file=sys.stderr)
 
 
 def check_optimizer(cfg: Config) -> None:
