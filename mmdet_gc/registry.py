@@ -1,7 +1,5 @@
 """mmdet-gc's registries, and the registration of its modules.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
-
 The ``mmdet_gc`` scope has a child of each of mmdet's registries, so that
 a config inherited as ``mmdet_gc::NAME`` (whose dicts MMEngine marks with
 ``_scope_='mmdet_gc'``) resolves with no scope warning. The modules

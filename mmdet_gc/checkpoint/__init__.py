@@ -1,8 +1,5 @@
 """Checkpoints: untrusted input, read as data through one door.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461); this
-package only makes the runs of ``mmdet_gc`` safe to resume and test.
-
 - :mod:`.door`: :class:`CheckpointDoor`, the one loader for every source
   MMEngine dispatches on (local paths, URLs, torch's hub cache, model-zoo
   names, ``last_checkpoint``, ``load_from``, ``init_cfg``), installed

@@ -20,9 +20,6 @@ mmdet_gc``.
 The tools read their checkpoints through :meth:`CheckpointDoor.read` before
 the runner is built, so a refusal is one line and the work dir is
 untouched; the runner then gets the checked object, not a second read.
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-module only makes the package's runs safe to resume and test.)
 """
 import contextlib
 import copy

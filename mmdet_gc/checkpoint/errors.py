@@ -1,7 +1,4 @@
 """The errors of the checkpoint door: one line that names the file.
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-package only makes the runs of ``mmdet_gc`` safe to resume and test.)
 """
 from typing import List
 

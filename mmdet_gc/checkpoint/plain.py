@@ -6,9 +6,6 @@ and numpy values. :func:`to_plain` writes those as marked dicts of tensors,
 so that stock ``torch.load`` loads the file, and :func:`from_plain` turns
 them back, checking every marked dict, so that ``--resume`` is bit for bit
 (:class:`~mmdet_gc.engine.hooks.PlainCheckpointHook` applies both).
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-module only makes the package's runs safe to resume and test.)
 """
 from collections import OrderedDict
 from typing import Any, Dict

@@ -10,9 +10,6 @@ loads it with ``weights_only=False``. :func:`check_contents` then checks
 what MMEngine will read, by type and range; what must agree with the run
 (shapes, groups, schedulers) is checked by
 :mod:`mmdet_gc.checkpoint.run_checks`.
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-module only makes the package's runs safe to resume and test.)
 """
 import math
 import os

@@ -12,9 +12,6 @@ values); each scheduler state against the scheduler the config builds
 (only the keys its own ``state_dict`` produces, values of the same kind).
 The state is then loaded into the throw-away objects, as the runner would.
 Each failure is one line naming the file and the key path.
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461; this
-module only makes the package's runs safe to resume.)
 """
 import contextlib
 import copy

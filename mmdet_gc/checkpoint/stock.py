@@ -15,8 +15,6 @@ objects through their constructors (a ``HistoryBuffer`` through
 :func:`~mmdet_gc.checkpoint.plain.make_history_buffer`). The stand-ins are
 allow-listed for one ``torch.load`` at a time, through torch's
 ``safe_globals`` context manager (see :mod:`mmdet_gc.checkpoint.reader`).
-
-(Gradient Centralization: Yong et al., ECCV 2020, arXiv:2004.01461.)
 """
 import math
 from typing import Any, List, Tuple

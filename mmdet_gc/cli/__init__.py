@@ -1,7 +1,5 @@
 """The ``mmdet-gc`` command: train, test, report, study and convert.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
-
 Installed with the package (a console entry point; ``python -m mmdet_gc``
 is the same), so a wheel runs every README command without a checkout::
 

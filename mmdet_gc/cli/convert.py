@@ -10,8 +10,6 @@ optimizer state, iteration, logged history).
 
     mmdet-gc convert IN OUT --trust
     python tools/convert_checkpoint.py IN OUT --trust   (from a checkout)
-
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
 import sys

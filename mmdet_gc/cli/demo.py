@@ -8,8 +8,6 @@
    (``mmdet-gc train``),
 3. evaluates the final checkpoint (``mmdet-gc test``, pycocotools),
 4. prints COCO box and mask AP and the wall time.
-
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
 import glob

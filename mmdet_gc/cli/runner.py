@@ -1,8 +1,6 @@
 """Config preparation and input checks shared by ``tools/train.py`` and
 ``tools/test.py``.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
-
 Every check here runs before MMEngine's ``Runner`` is built, so bad input
 stops the tool with a message that names the problem before any work
 directory, log or checkpoint is touched.

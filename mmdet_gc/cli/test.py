@@ -6,8 +6,6 @@ the config's ``test_evaluator`` (pycocotools). The checkpoint is checked
 before the runner is built and loads under torch's ``weights_only=True``
 with no allow-list; a foreign one needs ``--trust-checkpoint`` (see
 :mod:`mmdet_gc.checkpoint`).
-
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
 from typing import Any, Optional, Sequence

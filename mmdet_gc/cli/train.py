@@ -4,8 +4,6 @@
 ``tools/train.py`` flags, plus ``--gc NAME``, which turns
 any mmdet config into its GC counterpart (same lr, momentum, weight decay,
 clipping and ``paramwise_cfg``) for paired baseline / GC runs.
-
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import argparse
 import glob

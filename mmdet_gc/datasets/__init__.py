@@ -1,5 +1,4 @@
-"""Data of mmdet-gc (Gradient Centralization: Yong et al., ECCV 2020,
-arXiv:2004.01461): a synthetic COCO-format set for demos and tests, and the
+"""Data of mmdet-gc: a synthetic COCO-format set for demos and tests, and the
 brightness-shift transform of the GC studies."""
 from .synthetic_coco import CLASSES, make_synthetic_coco
 from .transforms import IntensityShift

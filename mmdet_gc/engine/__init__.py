@@ -1,6 +1,5 @@
 """MMEngine integration of mmdet-gc, laid out as MMDetection's
-``mmdet/engine`` (Gradient Centralization: Yong et al., ECCV 2020,
-arXiv:2004.01461)."""
+``mmdet/engine``."""
 from .hooks import GCStatsHook, PlainCheckpointHook, RowMeanDriftHook
 from .optim_wrappers import CompiledOptimWrapper
 

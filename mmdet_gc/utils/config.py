@@ -1,7 +1,5 @@
 """Where mmdet-gc's configs are, in a checkout or an installed wheel, and
 the error bad user input raises.
-
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461).
 """
 import os
 import os.path as osp

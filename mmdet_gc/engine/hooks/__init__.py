@@ -1,5 +1,4 @@
-"""Hooks of mmdet-gc (Gradient Centralization: Yong et al., ECCV 2020,
-arXiv:2004.01461): GC diagnostics, plain-data checkpoints and
+"""Hooks of mmdet-gc: GC diagnostics, plain-data checkpoints and
 checkpoints that resume bitwise."""
 from .gc_stats_hook import GCStatsHook
 from .plain_checkpoint_hook import PlainCheckpointHook

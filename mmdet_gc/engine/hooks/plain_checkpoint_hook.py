@@ -1,8 +1,5 @@
 """Checkpoints of our runs as plain data.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461); this
-hook only makes the package's runs safe to resume and test.
-
 :class:`PlainCheckpointHook` saves the message hub's ``HistoryBuffer``s and
 numpy values as tensors, numbers, strings and dicts
 (:func:`~mmdet_gc.checkpoint.plain.to_plain`), so that the file loads with
