@@ -12,6 +12,7 @@ import torch
 from mmengine.hooks import Hook
 
 from ...optim.gc import row_mean
+from .row_mean_drift_hook import drifts, row_means
 
 
 def removed_energy(grad: torch.Tensor) -> Tuple[float, float]:
@@ -77,10 +78,7 @@ class GCStatsHook(Hook):
 
     def before_train(self, runner) -> None:
         self._runner = runner
-        self.start = {
-            n: row_mean(p.detach(), torch.float64, keepdim=False)
-            for n, p in self._weights(runner)
-        }
+        self.start = row_means(self._weights(runner))
         optimizer = runner.optim_wrapper.optimizer
         self._handle = optimizer.register_step_pre_hook(self._on_step)
         # First among the step pre-hooks, so that it reads the gradients
@@ -111,16 +109,16 @@ class GCStatsHook(Hook):
         removed: Dict[str, float] = defaultdict(float)
         total: Dict[str, float] = defaultdict(float)
         drift: Dict[str, float] = defaultdict(float)
-        for name, p in self._weights(runner):
+        weights = self._weights(runner)
+        moved = drifts(self.start, row_means(weights))
+        for name, p in weights:
             group = self._group(name)
             if p.grad is not None and not p.grad.is_sparse:
                 r, t = removed_energy(p.grad)
                 removed[group] += r
                 total[group] += t
-            if name in self.start:
-                moved = (row_mean(p.detach(), torch.float64, keepdim=False) -
-                         self.start[name]).abs().max()
-                drift[group] = max(drift[group], float(moved))
+            if name in moved:
+                drift[group] = max(drift[group], moved[name])
         out = {
             f'train/gc_removed/{g}': removed[g] / total[g]
             for g in total if total[g] > 0

@@ -9,7 +9,7 @@ the row means of the weights never move from their initial values.
 """
 import json
 import os.path as osp
-from typing import Dict
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 from mmengine.dist import master_only
@@ -24,14 +24,29 @@ INIT_FILE = 'row_means_init.pth'
 DRIFT_FILE = 'row_mean_drift.json'
 
 
-def row_means(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The float64 row means (:func:`~mmdet_gc.optim.gc.row_mean`) of each
-    weight with ``ndim > 1`` (conv and fc),
-    by parameter name."""
+def row_means(
+        named: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """The float64 row means (:func:`~mmdet_gc.optim.gc.row_mean`) of the
+    ``(name, weight)`` pairs, by name: the snapshot both GC hooks take."""
     return {
         name: row_mean(p.detach(), torch.float64, keepdim=False)
-        for name, p in model.named_parameters() if p.dim() > 1
+        for name, p in named
     }
+
+
+def drifts(start: Dict[str, torch.Tensor],
+           now: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Per name in both snapshots, the largest ``|mean_now - mean_start|``
+    over its rows."""
+    return {
+        name: float((now[name] - start[name]).abs().max())
+        for name in now if name in start
+    }
+
+
+def _weights(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """Every weight with ``ndim > 1`` (conv and fc)."""
+    return [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
 
 
 class RowMeanDriftHook(Hook):
@@ -54,20 +69,17 @@ class RowMeanDriftHook(Hook):
     def before_train(self, runner) -> None:
         path = osp.join(runner.work_dir, INIT_FILE)
         if runner.iter == 0 or not osp.isfile(path):
-            torch.save(row_means(self._model(runner)), path)
+            torch.save(row_means(_weights(self._model(runner))), path)
 
     @master_only
     def after_train(self, runner) -> None:
         init = torch.load(
             osp.join(runner.work_dir, INIT_FILE), map_location='cpu')
         params = dict(self._model(runner).named_parameters())
-        now = row_means(self._model(runner))
+        moved = drifts(init, row_means(_weights(self._model(runner))))
         drift = {
-            name:
-            dict(
-                max_drift=float((now[name] - init[name]).abs().max()),
-                ndim=params[name].dim())
-            for name in now if name in init
+            name: dict(max_drift=value, ndim=params[name].dim())
+            for name, value in moved.items()
         }
         with open(osp.join(runner.work_dir, DRIFT_FILE), 'w') as f:
             json.dump(dict(iter=runner.iter, layers=drift), f, indent=1)
