@@ -22,6 +22,10 @@ from tool_helpers import run_tool, tiny_config
 ])
 def test_a_train_cfg_key_the_loop_does_not_take_is_named(loop, good, typo):
     check_train_loop(Config(dict(train_cfg=dict(type=loop, **good))))
+    # MMEngine's own keys (an inherited config's ``_scope_``) are not the
+    # loop's.
+    check_train_loop(
+        Config(dict(train_cfg=dict(type=loop, _scope_='mmdet', **good))))
     with pytest.raises(InputError, match=f'takes no {typo} '):
         check_train_loop(
             Config(dict(train_cfg=dict(type=loop, **good, **{typo: 1}))))

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mmdet_gc.datasets import IntensityShift
-from mmdet_gc.engine.hooks.row_mean_drift_hook import row_means
+from mmdet_gc.engine.hooks.row_mean_drift_hook import (conv_fc_weights,
+                                                       row_means)
 from mmdet_gc.study import METRICS, Arm, Plan, execute, make_arms, paired_stats
 from mmdet_gc.study import plan as study_plan
 from mmdet_gc.study import read_study, study_markdown, summarize, write_report
@@ -345,7 +346,7 @@ def test_intensity_shift_and_row_means():
     assert IntensityShift(-20).transform({'img': img
                                           })['img'].tolist() == [[0, 0, 230]]
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Linear(4, 5))
-    means = row_means(net)
+    means = row_means(conv_fc_weights(net))
     assert set(means) == {'0.weight', '1.weight'}
     torch.testing.assert_close(means['1.weight'],
                                net[1].weight.double().mean(1))

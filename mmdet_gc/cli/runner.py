@@ -393,7 +393,9 @@ def check_train_loop(cfg: Config) -> None:
                                                            p.VAR_KEYWORD)}
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    unknown = sorted(set(train) - taken - {'type'})
+    # ``_scope_`` and the like are MMEngine's, not the loop's.
+    unknown = sorted(
+        k for k in set(train) - taken - {'type'} if not k.startswith('_'))
     if unknown:
         takes = ', '.join(sorted(taken - {'self', 'runner', 'dataloader'}))
         raise InputError(f'train_cfg: {loop.__name__} takes no '

@@ -44,8 +44,9 @@ def drifts(start: Dict[str, torch.Tensor],
     }
 
 
-def _weights(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """Every weight with ``ndim > 1`` (conv and fc)."""
+def conv_fc_weights(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """``(name, weight)`` of every weight with ``ndim > 1`` (conv and
+    fc)."""
     return [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
 
 
@@ -69,14 +70,14 @@ class RowMeanDriftHook(Hook):
     def before_train(self, runner) -> None:
         path = osp.join(runner.work_dir, INIT_FILE)
         if runner.iter == 0 or not osp.isfile(path):
-            torch.save(row_means(_weights(self._model(runner))), path)
+            torch.save(row_means(conv_fc_weights(self._model(runner))), path)
 
     @master_only
     def after_train(self, runner) -> None:
         init = torch.load(
             osp.join(runner.work_dir, INIT_FILE), map_location='cpu')
         params = dict(self._model(runner).named_parameters())
-        moved = drifts(init, row_means(_weights(self._model(runner))))
+        moved = drifts(init, row_means(conv_fc_weights(self._model(runner))))
         drift = {
             name: dict(max_drift=value, ndim=params[name].dim())
             for name, value in moved.items()
