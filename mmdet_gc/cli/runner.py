@@ -536,17 +536,21 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
-                    args: argparse.Namespace, tool: str) -> Tuple[Config, Any]:
+def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any],
+                                         Tuple[Config, Any]],
+                    args: argparse.Namespace,
+                    tool: str) -> Tuple[Config, Any, Any]:
     """Run a tool's config checks; on bad input exit with one line.
 
     ``build_cfg(args, door)`` reads every checkpoint the run will load
-    through ``door``, the run's :class:`~mmdet_gc.checkpoint.CheckpointDoor`.
-    Also applies :func:`use_cpu_distributed` for a launcher without CUDA.
-    Nothing is written before this returns.
+    through ``door``, the run's :class:`~mmdet_gc.checkpoint.CheckpointDoor`,
+    and returns the config and the objects it built for the runner (or
+    None). Also applies :func:`use_cpu_distributed` for a launcher without
+    CUDA. Nothing is written before this returns.
 
     Returns:
-        tuple: The config and the door (see :func:`run_through_door`).
+        tuple: The config, the door and those objects (see
+        :func:`run_through_door`).
     """
     import torch
 
@@ -556,7 +560,7 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
         # The door is MMEngine's loader while the checks build the model
         # too: a model that loads weights when it is built goes through it.
         with door.installed():
-            cfg = build_cfg(args, door)
+            cfg, run = build_cfg(args, door)
         if args.launcher != 'none' and not torch.cuda.is_available():
             use_cpu_distributed(cfg)
     except (InputError, CheckpointError) as e:
@@ -570,7 +574,7 @@ def prepare_or_exit(build_cfg: Callable[[argparse.Namespace, Any], Config],
             'are saved as plain data that torch.load(weights_only=True) '
             'reads',
             file=sys.stderr)
-    return cfg, door
+    return cfg, door, run
 
 
 def run_through_door(cfg: Config,

@@ -8,7 +8,7 @@ with no allow-list; a foreign one needs ``--trust-checkpoint`` (see
 :mod:`mmdet_gc.checkpoint`).
 """
 import argparse
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from mmengine.config import Config, ConfigDict
 
@@ -73,7 +73,8 @@ def trigger_visualization_hook(cfg: Config,
     return cfg
 
 
-def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
+def build_cfg(args: argparse.Namespace,
+              door: CheckpointDoor) -> Tuple[Config, None]:
     """The run's config from the flags, with the checkpoint read through
     ``door``; raises InputError on bad input."""
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -97,7 +98,7 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     if args.intensity_shift:
         add_intensity_shift(cfg, args.intensity_shift)
     check_dataset_paths(cfg, ('test_dataloader', ))
-    return cfg
+    return cfg, None  # the runner builds its own model for testing
 
 
 def _test_dataset(cfg: Config) -> ConfigDict:
@@ -127,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None,
     """Run the command (``argv``: its arguments, default ``sys.argv[1:]``;
     ``prog``: its name in usage and error lines)."""
     args = parse_args(argv, prog)
-    cfg, door = prepare_or_exit(build_cfg, args, args.prog)
+    cfg, door, _ = prepare_or_exit(build_cfg, args, args.prog)
 
     def test(runner: Any) -> None:
         if args.out is not None:

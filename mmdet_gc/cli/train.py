@@ -9,7 +9,7 @@ import argparse
 import glob
 import os.path as osp
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config
@@ -63,14 +63,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
-#: The objects :func:`build_cfg` built for a config (by ``id``), which the
-#: runner takes over.
-_RUNS: dict = {}
-
-
-def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
+def build_cfg(args: argparse.Namespace,
+              door: CheckpointDoor) -> Tuple[Config, Any]:
     """The run's config from the flags, with every checkpoint the run will
-    load read through ``door`` and checked against the run; raises
+    load read through ``door`` and checked against the run, and the run's
+    objects built for the checks (the runner takes the model); raises
     InputError on bad input."""
     cfg = load_config(args)
     make_resumable(cfg)
@@ -103,7 +100,6 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
     # value) that cannot build it stops here, before the work dir; the
     # runner then takes this model (one build).
     run = build_run_or_fail(cfg, for_runner=True)
-    _RUNS[id(cfg)] = run
 
     trust = args.trust_checkpoint
     if args.resume is not None:
@@ -158,7 +154,7 @@ def build_cfg(args: argparse.Namespace, door: CheckpointDoor) -> Config:
         loaders.append('val_dataloader')
     check_dataset_paths(cfg, tuple(loaders))
 
-    return cfg
+    return cfg, run
 
 
 def newest_intact_checkpoint(door: CheckpointDoor, work_dir: str) -> tuple:
@@ -204,13 +200,9 @@ def main(argv: Optional[Sequence[str]] = None,
     args = parse_args(argv, prog)
     # Reduce the number of repeated compilations and improve training speed.
     setup_cache_size_limit_of_dynamo()
-    cfg, door = prepare_or_exit(build_cfg, args, args.prog)
+    cfg, door, run = prepare_or_exit(build_cfg, args, args.prog)
     run_through_door(
-        cfg,
-        door,
-        args.prog,
-        lambda runner: runner.train(),
-        run=_RUNS.pop(id(cfg), None))
+        cfg, door, args.prog, lambda runner: runner.train(), run=run)
 
 
 if __name__ == '__main__':
