@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules."""
 import logging
+import os.path as osp
 import signal
 
 import pytest
@@ -15,6 +16,24 @@ def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('coco'))
     make_synthetic_coco(root, num_train=8, num_val=4, size=64, max_objects=2)
     return root
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, data_root):
+    """One real run of ours (``tools/train.py``, 2 iterations, a checkpoint
+    after each), shared by the door, security and resume tests: its config
+    (``cfg``), work dir (``work``) and checkpoints (``iter_1``,
+    ``iter_2``)."""
+    from tool_helpers import run_tool, tiny_config
+    tmp = tmp_path_factory.mktemp('trained_run')
+    cfg = tiny_config(tmp, data_root, max_iters=2, interval=1)
+    work = str(tmp / 'work')
+    run_tool('tools/train.py', cfg, '--work-dir', work)
+    return dict(
+        cfg=cfg,
+        work=work,
+        iter_1=osp.join(work, 'iter_1.pth'),
+        iter_2=osp.join(work, 'iter_2.pth'))
 
 
 @pytest.fixture(scope='module')

@@ -38,20 +38,17 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def ckpts(tmp_path_factory, data_root):
-    """A real 1-iteration checkpoint of ours, its config, and the same run
-    written by stock MMEngine (a Runner with no PlainCheckpointHook) for 1
-    and 2 iterations."""
-    tmp = tmp_path_factory.mktemp('door')
-    cfg = tiny_config(tmp, data_root, max_iters=2, interval=1)
-    ours = str(tmp / 'ours')
-    run_tool('tools/train.py', cfg, '--work-dir', ours)
-    stock = str(tmp / 'stock')
+def ckpts(tmp_path_factory, trained_run):
+    """Our run's 1- and 2-iteration checkpoints and its config (the shared
+    ``trained_run``), and the same run written by stock MMEngine (a Runner
+    with no PlainCheckpointHook)."""
+    cfg = trained_run['cfg']
+    stock = str(tmp_path_factory.mktemp('door') / 'stock')
     run_tool('-c', STOCK_RUN, cfg, stock)
     return dict(
         cfg=cfg,
-        ours=osp.join(ours, 'iter_1.pth'),
-        ours2=osp.join(ours, 'iter_2.pth'),
+        ours=trained_run['iter_1'],
+        ours2=trained_run['iter_2'],
         stock=osp.join(stock, 'iter_1.pth'),
         stock2=osp.join(stock, 'iter_2.pth'))
 
@@ -181,42 +178,43 @@ def test_model_zoo_names_resolve_to_the_hub_cache(tmp_path, monkeypatch):
     assert torchvision_urls()['resnet50'].endswith('resnet50-0676ba61.pth')
 
 
-X101_CHECK = r'''
-import os, sys, torch
-from mmdet.registry import MODELS
-from mmengine.registry import init_default_scope
-from mmdet_gc.checkpoint import CheckpointDoor
-init_default_scope('mmdet')
-backbone = MODELS.build(dict(
-    type='ResNeXt', depth=101, groups=32, base_width=4,
-    init_cfg=dict(type='Pretrained',
-                  checkpoint='open-mmlab://resnext101_32x4d')))
-with CheckpointDoor().installed():
-    backbone.init_weights()
-want = torch.load(sys.argv[1])
-got = backbone.state_dict()
-print(all(torch.equal(got[k], v) for k, v in want.items()), len(want))
-'''
+def _x101_backbone_from(source):
+    """The ResNeXt-101 backbone of our X101 configs, initialised from
+    ``source`` through the door."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        backbone = MODELS.build(
+            dict(
+                type='ResNeXt',
+                depth=101,
+                groups=32,
+                base_width=4,
+                init_cfg=dict(type='Pretrained', checkpoint=source)))
+    with CheckpointDoor().installed():
+        backbone.init_weights()
+    return backbone.state_dict()
 
 
-def test_x101_pretrained_from_the_hub_cache(tmp_path):
+def test_x101_pretrained_from_the_hub_cache(tmp_path, monkeypatch):
     """``open-mmlab://resnext101_32x4d``, as our X101 configs name it: a
     crafted file in the hub cache runs no code and the tool stops with one
-    line; a plain one is what the backbone starts from."""
+    line; a plain file under its hashed name is not that file (removed);
+    under a name without a hash, it is what the backbone starts from."""
     from mmengine.runner.checkpoint import get_external_models
     url = get_external_models()['resnext101_32x4d']
     cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
     cache.mkdir(parents=True)
     canary = tmp_path / 'canary.txt'
-    craft(cache / osp.basename(url), attack('exec', canary))
+    hashed = cache / osp.basename(url)  # resnext101_32x4d-a5af3160.pth
+    craft(hashed, attack('exec', canary))
     cfg = 'configs/mask_rcnn/mask-rcnn_x101-32x4d_fpn_sgd-gc_1x_coco.py'
     work = tmp_path / 'work'
     proc = run_tool('tools/train.py', cfg, '--work-dir', str(work),
                     ok=False, env=_env(tmp_path))
-    _one_line_error(proc, 'open-mmlab://resnext101_32x4d', 'is refused',
-                    str(cache / osp.basename(url)))
+    _one_line_error(proc, 'open-mmlab://resnext101_32x4d', str(hashed))
     assert not canary.exists() and not work.exists()
-    # A plain file there (the stem and first stage of a ResNeXt-101).
+    # A plain file (the stem and first stage of a ResNeXt-101).
     from mmdet.models.backbones import ResNeXt
     torch.manual_seed(0)
     net = ResNeXt(depth=101, groups=32, base_width=4)
@@ -225,10 +223,20 @@ def test_x101_pretrained_from_the_hub_cache(tmp_path):
         for k, v in net.state_dict().items()
         if k.startswith(('conv1', 'bn1', 'layer1'))
     }
-    torch.save(plain, str(cache / osp.basename(url)))
-    proc = run_tool(
-        '-c', X101_CHECK, str(cache / osp.basename(url)), env=_env(tmp_path))
-    assert proc.stdout.split()[-2:] == ['True', str(len(plain))]
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    torch.save(plain, str(hashed))
+    with pytest.raises(CheckpointError, match='a5af3160'):
+        _x101_backbone_from('open-mmlab://resnext101_32x4d')
+    assert not hashed.exists()
+    # MMEngine's table, extended by the user, names a file without a hash.
+    home = tmp_path / 'mmengine_home'
+    home.mkdir()
+    (home / 'open_mmlab.json').write_text(
+        json.dumps({'resnext101_32x4d': 'https://example.invalid/x101.pth'}))
+    monkeypatch.setenv('MMENGINE_HOME', str(home))
+    torch.save(plain, str(cache / 'x101.pth'))
+    got = _x101_backbone_from('open-mmlab://resnext101_32x4d')
+    assert all(torch.equal(got[k], v) for k, v in plain.items())
 
 
 def test_stock_mmengine_checkpoints_need_no_trust(ckpts, tmp_path):

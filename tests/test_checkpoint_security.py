@@ -183,7 +183,7 @@ def state():
         default=sorted(w._get_allowed_globals()),
         getattr=builtins.getattr is GETATTR)
 before = state()
-import mmdet_gc, mmdet_gc.cli.runner, mmdet_gc.checkpoint
+import mmdet_gc, mmdet_gc.cli.launch, mmdet_gc.checkpoint
 sys.path.insert(0, 'tools')
 import train, test, convert_checkpoint
 print(json.dumps([before, state()]))
@@ -202,17 +202,10 @@ def test_import_changes_nothing_in_torch_serialization():
             entry
 
 
-def _real_checkpoint(tmp_path, data_root, iters=1):
-    cfg = tiny_config(tmp_path, data_root, max_iters=iters)
-    work = str(tmp_path / 'work')
-    run_tool('tools/train.py', cfg, '--work-dir', work)
-    return cfg, osp.join(work, f'iter_{iters}.pth')
-
-
 @pytest.fixture(scope='module')
-def real_checkpoint(tmp_path_factory, data_root):
+def real_checkpoint(trained_run):
     """A checkpoint of our own run (1 iteration) and its config."""
-    return _real_checkpoint(tmp_path_factory.mktemp('real'), data_root)
+    return trained_run['cfg'], trained_run['iter_1']
 
 
 def test_our_checkpoints_are_plain_data(real_checkpoint):
@@ -482,7 +475,7 @@ FUZZ = r'''
 import json, os, random, sys, zipfile
 sys.path.insert(0, os.getcwd())
 from mmdet_gc.checkpoint import CheckpointDoor
-from mmdet_gc.cli.runner import InputError, check_checkpoint
+from mmdet_gc.cli.checkpoint_checks import InputError, check_checkpoint
 src, folder, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = open(src, 'rb').read()
 with zipfile.ZipFile(src) as z:

@@ -16,6 +16,8 @@ from torch._dynamo.utils import counters
 from mmdet_gc.optim import GC_OPTIMIZERS
 from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
+from helpers import kind
+
 STEPS = 6
 TOL = dict(rtol=1e-5, atol=1e-6)
 LRS = [0.01 / (i + 1) for i in range(STEPS)]
@@ -55,17 +57,27 @@ def compiled_frames():
     return counters['stats']['unique_graphs']
 
 
-@pytest.mark.parametrize('name', list(GC_OPTIMIZERS))
-def test_step_compiles_whole_and_not_again_under_a_schedule(name):
-    cls = GC_OPTIMIZERS[name]
-    hyper = HYPER[cls.base_algorithm]
+def _eager_and_compiled(cls, steps, lr_at_construction=True, **mode):
+    """``cls`` stepped eagerly and through ``torch.compile(fullgraph=True)``
+    side by side, under the schedule :data:`LRS` (a tensor lr for the
+    compiled one); the parameters agree after every step.
+
+    Returns:
+        list[int]: :func:`compiled_frames` after each step.
+    """
+    hyper = HYPER[kind(cls).algorithm]
     eager_params, compiled_params = _params(), _params()
-    eager = cls(eager_params, lr=LRS[0], **hyper)
+    eager = cls(eager_params, lr=LRS[0], **mode, **hyper)
     lr = torch.tensor(LRS[0], dtype=torch.float64)
-    opt = cls(compiled_params, lr=lr, **hyper)
+    if lr_at_construction:
+        opt = cls(compiled_params, lr=lr, **mode, **hyper)
+    else:  # as CompiledOptimWrapper hands it over: torch refuses a tensor
+        # lr with foreach=True at construction
+        opt = cls(compiled_params, lr=LRS[0], **mode, **hyper)
+        opt.param_groups[0]['lr'] = lr
     step = torch.compile(opt.step, fullgraph=True, backend='inductor')
     frames = []
-    for i in range(STEPS):
+    for i in range(steps):
         _grads(eager_params, i)
         _grads(compiled_params, i)
         eager.param_groups[0]['lr'] = LRS[i]
@@ -75,6 +87,12 @@ def test_step_compiles_whole_and_not_again_under_a_schedule(name):
         frames.append(compiled_frames())
         for a, b in zip(eager_params, compiled_params):
             torch.testing.assert_close(b, a, **TOL)
+    return frames
+
+
+@pytest.mark.parametrize('name', list(GC_OPTIMIZERS))
+def test_step_compiles_whole_and_not_again_under_a_schedule(name):
+    frames = _eager_and_compiled(GC_OPTIMIZERS[name], STEPS)
     # A first step that creates the state (Adam's) compiles once more.
     assert frames[-1] == frames[1] <= 2, frames
 
@@ -91,8 +109,7 @@ def test_compiled_optim_wrapper_under_an_mmengine_schedule(name):
     (the lr changes every iteration), the wrapper's steps equal
     OptimWrapper's eager ones, with no compile after the second step, and
     the groups keep float learning rates."""
-    hyper = dict(
-        type=name, lr=0.02, **HYPER[GC_OPTIMIZERS[name].base_algorithm])
+    hyper = dict(type=name, lr=0.02, **HYPER[kind(name).algorithm])
     runs = []
     for wrapper in ('OptimWrapper', 'CompiledOptimWrapper'):
         model = _model()
@@ -170,22 +187,5 @@ def test_foreach_and_fused_optimizers_compile_too(monkeypatch, cuda_paths,
     fused=True compiles whole as well: a compiled step runs the
     single-tensor kernel, which inductor fuses."""
     monkeypatch.setenv(CUDA_PATHS_ENV, cuda_paths)
-    cls = GC_OPTIMIZERS[name]
-    hyper = HYPER[cls.base_algorithm]
-    eager_params, compiled_params = _params(), _params()
-    eager = cls(eager_params, lr=LRS[0], **mode, **hyper)
-    # As CompiledOptimWrapper hands it over: torch refuses a tensor lr with
-    # foreach=True at construction.
-    lr = torch.tensor(LRS[0], dtype=torch.float64)
-    opt = cls(compiled_params, lr=LRS[0], **mode, **hyper)
-    opt.param_groups[0]['lr'] = lr
-    step = torch.compile(opt.step, fullgraph=True, backend='inductor')
-    for i in range(3):
-        _grads(eager_params, i)
-        _grads(compiled_params, i)
-        eager.param_groups[0]['lr'] = LRS[i]
-        lr.fill_(LRS[i])
-        eager.step()
-        step()
-    for a, b in zip(eager_params, compiled_params):
-        torch.testing.assert_close(b, a, **TOL)
+    _eager_and_compiled(
+        GC_OPTIMIZERS[name], 3, lr_at_construction=False, **mode)

@@ -17,8 +17,8 @@ from mmdet_gc import GC_OPTIMIZERS
 from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
 from helpers import (DEVICES, SGD_HYPER, SHAPES, assert_kernels_agree,
-                     assert_same_as, check_against_reference, make_params,
-                     product, reference_for, set_grads)
+                     assert_same_as, check_against_reference, kind,
+                     make_params, product, reference_for, set_grads)
 
 STEPS = 10
 
@@ -51,7 +51,7 @@ HYPER = {
 }
 FAMILY = [n for n in GC_OPTIMIZERS if not n.startswith('SGD_')]
 CASES = [(n, f, h) for n in FAMILY for f in (False, True)
-         for h in HYPER[GC_OPTIMIZERS[n].base_algorithm]]
+         for h in HYPER[kind(n).algorithm]]
 
 
 def test_all_fourteen_are_registered():
@@ -67,8 +67,8 @@ def test_matches_reference_every_step(name, foreach, hyper, device):
     cls = GC_OPTIMIZERS[name]
     params = make_params(device=device)
     opt = cls(params.values(), foreach=foreach, **hyper)
-    check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
-                            lambda k: hyper, STEPS)
+    check_against_reference(opt, params, reference_for(name),
+                            kind(cls).conv_only, lambda k: hyper, STEPS)
 
 
 @pytest.mark.parametrize('name', list(GC_OPTIMIZERS))
@@ -79,17 +79,17 @@ def test_the_paths_cuda_takes_match_the_reference(monkeypatch, name):
     float64 reference every step."""
     monkeypatch.setenv(CUDA_PATHS_ENV, '1')
     cls = GC_OPTIMIZERS[name]
-    for hyper in HYPER.get(cls.base_algorithm, SGD_HYPER):
+    for hyper in HYPER.get(kind(cls).algorithm, SGD_HYPER):
         for mode in (dict(foreach=True), dict(fused=True)):
             params = make_params()
             opt = cls(params.values(), **mode, **hyper)
             check_against_reference(opt, params, reference_for(name),
-                                    cls.gc_conv_only, lambda k: hyper, STEPS)
+                                    kind(cls).conv_only, lambda k: hyper,
+                                    STEPS)
 
 
-@pytest.mark.parametrize('name,hyper',
-                         [(n, h) for n in FAMILY
-                          for h in HYPER[GC_OPTIMIZERS[n].base_algorithm]])
+@pytest.mark.parametrize('name,hyper', [(n, h) for n in FAMILY
+                                        for h in HYPER[kind(n).algorithm]])
 def test_foreach_matches_single_tensor_kernel(name, hyper):
     cls = GC_OPTIMIZERS[name]
     assert_kernels_agree(lambda ps, **kw: cls(ps, **kw, **hyper), STEPS)
@@ -101,7 +101,7 @@ def test_foreach_matches_single_tensor_kernel_in_float32(name):
     Adam kernels fold the bias correction into the step size and apply GC
     on the update through the row means' change)."""
     cls = GC_OPTIMIZERS[name]
-    for hyper in HYPER[cls.base_algorithm]:
+    for hyper in HYPER[kind(cls).algorithm]:
         assert_kernels_agree(
             lambda ps, **kw: cls(ps, **kw, **hyper),
             STEPS,
@@ -128,7 +128,7 @@ def test_gc_off_equals_torch_exactly(name, foreach, hyper, device):
     ours = cls([dict(params=list(a.values()), gc=False)],
                foreach=foreach,
                **hyper)
-    theirs = TORCH_TWIN[cls.base_algorithm](
+    theirs = TORCH_TWIN[kind(cls).algorithm](
         b.values(), foreach=foreach, **hyper)
     assert_same_as(ours, a, theirs, b, STEPS)
 
@@ -151,7 +151,8 @@ def test_update_variants_keep_row_means(name, foreach, device):
     params = make_params(device=device)
     cen = {
         k
-        for k, p in params.items() if p.dim() > (3 if cls.gc_conv_only else 1)
+        for k, p in params.items()
+        if p.dim() > (3 if kind(cls).conv_only else 1)
     }
     dims = {k: tuple(range(1, params[k].dim())) for k in cen}
     before = {k: params[k].detach().mean(dims[k]) for k in cen}
@@ -185,7 +186,7 @@ def test_update_variants_keep_row_means(name, foreach, device):
 @pytest.mark.parametrize('name', FAMILY)
 def test_grad_untouched_and_state_dict_round_trip(name):
     cls = GC_OPTIMIZERS[name]
-    hyper = HYPER[cls.base_algorithm][1]
+    hyper = HYPER[kind(cls).algorithm][1]
     a = make_params()
     opt_a = cls(a.values(), **hyper)
     for step in range(4):

@@ -1,7 +1,9 @@
-"""What each of the 14 optimizers is, from a table written here, checked by
-behaviour (never read from the class): which torch.optim algorithm it
-steps, whether GC reaches fc weights (``_GC``) or conv weights only
-(``_GCC``), and whether it centralizes the gradient or the update ("2").
+"""What each of the 14 optimizers is, from the table written out in
+``tests/helpers.py`` (``FAMILY``, which every numerics test takes its
+expectations from), checked by behaviour (never read from the class):
+which torch.optim algorithm it steps, its decay rule, whether GC reaches fc
+weights (``_GC``) or conv weights only (``_GCC``), and whether it
+centralizes the gradient or the update ("2").
 
 Deleting ``gc_conv_only = True`` from ``AdamW_GCC`` (so that it centralizes
 fc weights too), or any such slip, fails here.
@@ -11,23 +13,8 @@ import torch
 
 from mmdet_gc.optim import GC_OPTIMIZERS
 
-#: name: (torch's algorithm, GC on conv weights only, GC on the update)
-TABLE = {
-    'SGD_GC': ('SGD', False, False),
-    'SGD_GCC': ('SGD', True, False),
-    'SGDW_GC': ('SGDW', False, False),
-    'SGDW_GCC': ('SGDW', True, False),
-    'Adam_GC': ('Adam', False, False),
-    'Adam_GCC': ('Adam', True, False),
-    'Adam_GC2': ('Adam', False, True),
-    'Adam_GCC2': ('Adam', True, True),
-    'AdamW_GC': ('AdamW', False, False),
-    'AdamW_GCC': ('AdamW', True, False),
-    'AdamW_GC2': ('AdamW', False, True),
-    'AdamW_GCC2': ('AdamW', True, True),
-    'Adagrad_GC': ('Adagrad', False, False),
-    'Adagrad_GCC': ('Adagrad', True, False),
-}
+from helpers import FAMILY
+
 HYPER = {
     'SGD': dict(lr=0.1, momentum=0.9, weight_decay=0.05),
     'SGDW': dict(lr=0.1, momentum=0.9, weight_decay=0.05),
@@ -89,9 +76,10 @@ def _run(make):
     return {k: p.detach() for k, p in params.items()}
 
 
-@pytest.mark.parametrize('name', list(TABLE))
+@pytest.mark.parametrize('name', list(FAMILY))
 def test_each_optimizer_is_what_its_name_says(name):
-    algo, conv_only, on_update = TABLE[name]
+    algo, decoupled, conv_only, on_update = FAMILY[name]
+    assert decoupled == (algo in ('SGDW', 'AdamW'))
     cls = GC_OPTIMIZERS[name]
     ours = _run(lambda ps: cls(ps, **HYPER[algo]))
     twin = _run(lambda ps: _twin(algo, ps))
@@ -112,4 +100,4 @@ def test_each_optimizer_is_what_its_name_says(name):
 
 
 def test_the_table_is_the_whole_family():
-    assert set(TABLE) == set(GC_OPTIMIZERS)
+    assert len(FAMILY) == 14 and set(FAMILY) == set(GC_OPTIMIZERS)

@@ -29,8 +29,9 @@ from helpers import (DT, NOT_VALUES, SGD_HYPER, assert_fused_refused_with,
                      centralized_row_means, check_against_reference,
                      check_fallback, check_memory_that_is_not_values,
                      check_odd_layouts_take_the_single_tensor_kernel,
-                     check_state_dict_moves, grad_for, make_params, product,
-                     reference_for, set_fused_grads, set_grads, viewed)
+                     check_state_dict_moves, grad_for, kind, make_params,
+                     product, reference_for, set_fused_grads, set_grads,
+                     viewed)
 
 CLASSES = [SGD_GC, SGD_GCC, SGDW_GC, SGDW_GCC]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -89,12 +90,12 @@ def test_matches_single_tensor_kernel_every_step(kernel, cls, hyper, dtype):
     'cls,hyper',
     # helpers' SGDW reference has neither dampening nor nesterov.
     [(c, h) for c, h in product(CLASSES, SGD_HYPER)
-     if not (c.decoupled and (h.get('dampening') or h.get('nesterov')))])
+     if not (kind(c).decoupled and (h.get('dampening') or h.get('nesterov')))])
 def test_float64_matches_reference_from_the_maths(kernel, cls, hyper):
     params = make_params()
     opt = cls(params.values(), fused=True, **hyper)
     check_against_reference(opt, params, reference_for(cls.__name__),
-                            cls.gc_conv_only, lambda k: hyper, STEPS)
+                            kind(cls).conv_only, lambda k: hyper, STEPS)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -134,7 +135,7 @@ def test_as_accurate_as_the_single_tensor_kernel(kernel, dtype):
 def test_row_means_of_centralized_weights_never_change(kernel, cls, hyper,
                                                        dtype):
     params = make_params(dtype=dtype)
-    cen, dims, before = centralized_row_means(params, cls.gc_conv_only)
+    cen, dims, before = centralized_row_means(params, kind(cls).conv_only)
     opt = cls(params.values(), fused=True, **hyper)
     for step in range(60):
         set_grads(params, step)
@@ -149,7 +150,7 @@ def test_sgdw_only_scales_the_row_means(kernel, cls):
     params = make_params()
     cen = [
         k for k, p in params.items()
-        if p.dim() > (3 if cls.gc_conv_only else 1)
+        if p.dim() > (3 if kind(cls).conv_only else 1)
     ]
     before = {
         k: params[k].detach().mean(tuple(range(1, params[k].dim())))

@@ -29,14 +29,14 @@ from helpers import (DT, NOT_VALUES, assert_fused_refused_with,
                      centralized_row_means, check_against_reference,
                      check_fallback, check_memory_that_is_not_values,
                      check_odd_layouts_take_the_single_tensor_kernel,
-                     check_state_dict_moves, grad_for, make_params, product,
-                     reference_for, set_fused_grads, set_grads)
+                     check_state_dict_moves, grad_for, kind, make_params,
+                     product, reference_for, set_fused_grads, set_grads)
 
 CLASSES = [
     Adam_GC, Adam_GCC, Adam_GC2, Adam_GCC2, AdamW_GC, AdamW_GCC, AdamW_GC2,
     AdamW_GCC2
 ]
-ON_UPDATE = [c for c in CLASSES if c.gc_on_update]
+ON_UPDATE = [c for c in CLASSES if kind(c).on_update]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 STEPS = 10
 
@@ -47,8 +47,12 @@ ADAM_HYPER = [
     dict(lr=0.01, weight_decay=0.),
     dict(lr=0.01, weight_decay=0.05, amsgrad=True),
     dict(lr=0.02, weight_decay=1e-2, maximize=True),
-    dict(lr=0.01, betas=(0.3, 0.99), weight_decay=1e-2, amsgrad=True,
-         maximize=True),
+    dict(
+        lr=0.01,
+        betas=(0.3, 0.99),
+        weight_decay=1e-2,
+        amsgrad=True,
+        maximize=True),
 ]
 
 # The fused kernel rounds every value as the specification does, except
@@ -62,7 +66,6 @@ ULPS = {
     torch.bfloat16: 4,
     torch.float16: 4,
 }
-
 
 OFF = ('conv1d', 'gamma')
 HALF = (torch.float16, torch.bfloat16)
@@ -88,8 +91,8 @@ def assert_near(ours, spec, dtype, msg):
     assert_within_ulps(ours, spec, dtype, msg, ULPS[dtype])
 
 
-@pytest.mark.parametrize('cls,hyper,dtype',
-                         product(CLASSES, ADAM_HYPER, DTYPES))
+@pytest.mark.parametrize('cls,hyper,dtype', product(CLASSES, ADAM_HYPER,
+                                                    DTYPES))
 def test_matches_single_tensor_kernel_every_step(kernel, cls, hyper, dtype):
     hyper = hyper_for(hyper, dtype)
     ours, spec = make_params(dtype=dtype), make_params(dtype=dtype)
@@ -102,7 +105,7 @@ def test_matches_single_tensor_kernel_every_step(kernel, cls, hyper, dtype):
         for k in ours:
             assert ours[k].dtype == dtype
             if dtype in HALF and not (k not in OFF and ours[k].dim() >
-                                      (3 if cls.gc_conv_only else 1)):
+                                      (3 if kind(cls).conv_only else 1)):
                 # Not centralized: torch's fused kernel (ours) and its
                 # single-tensor one (the spec's) differ in float16 /
                 # bfloat16, the first keeping its intermediates in float.
@@ -127,14 +130,14 @@ def test_float64_matches_reference_from_the_maths(kernel, cls, hyper):
     params = make_params()
     opt = cls(params.values(), fused=True, **hyper)
     check_against_reference(opt, params, reference_for(cls.__name__),
-                            cls.gc_conv_only, lambda k: hyper, STEPS)
+                            kind(cls).conv_only, lambda k: hyper, STEPS)
 
 
 @pytest.mark.parametrize('cls,dtype',
                          product(ON_UPDATE, [torch.float64, torch.float32]))
 def test_row_means_never_change_with_gc_on_the_update(kernel, cls, dtype):
     params = make_params(dtype=dtype)
-    cen, dims, before = centralized_row_means(params, cls.gc_conv_only)
+    cen, dims, before = centralized_row_means(params, kind(cls).conv_only)
     opt = cls(params.values(), fused=True, lr=0.05, weight_decay=0.1)
     for step in range(40):
         set_grads(params, step)
@@ -174,7 +177,7 @@ def test_plain_tensors_take_torchs_fused_adam(kernel, cls, hyper, dtype):
     for bit."""
     a, b = make_params(dtype=dtype), make_params(dtype=dtype)
     opt = cls([dict(params=list(a.values()), gc=False)], fused=True, **hyper)
-    torch_cls = torch.optim.AdamW if cls.decoupled else torch.optim.Adam
+    torch_cls = torch.optim.AdamW if kind(cls).decoupled else torch.optim.Adam
     ref = torch_cls(b.values(), fused=True, **hyper)
     assert_same_as(opt, a, ref, b, 6)
 
@@ -193,8 +196,8 @@ def test_functional_adam_gc_fused(kernel):
     cen = [params[k].dim() > 1 for k in names]
 
     def state():
-        return ([torch.zeros_like(params[k]) for k in names],
-                [torch.zeros_like(params[k]) for k in names],
+        return ([torch.zeros_like(params[k])
+                 for k in names], [torch.zeros_like(params[k]) for k in names],
                 [torch.tensor(0.) for _ in names])
 
     ours_state, spec_state = state(), state()

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmdet_gc.optim import GC_OPTIMIZERS
 from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
-from helpers import DEVICES, make_params, set_grads
+from helpers import DEVICES, kind, make_params, set_grads
 
 HYPER = {
     'SGD': dict(lr=0.02, momentum=0.9, weight_decay=1e-4, nesterov=True),
@@ -63,7 +63,7 @@ def test_no_step_reads_the_device(monkeypatch, device, cuda_paths, mode, name):
     monkeypatch.setenv(CUDA_PATHS_ENV, cuda_paths)
     cls = GC_OPTIMIZERS[name]
     params = make_params(device=device)
-    opt = cls(params.values(), **mode, **HYPER[cls.base_algorithm])
+    opt = cls(params.values(), **mode, **HYPER[kind(cls).algorithm])
     for step in range(3):
         set_grads(params, step)
         with NoHostSync(opt):
@@ -79,7 +79,7 @@ def test_no_fused_step_under_a_grad_scaler_reads_the_device(device, name):
     step uses on the device (an inf gradient included)."""
     cls = GC_OPTIMIZERS[name]
     params = make_params(device=device)
-    opt = cls(params.values(), fused=True, **HYPER[cls.base_algorithm])
+    opt = cls(params.values(), fused=True, **HYPER[kind(cls).algorithm])
     opt.grad_scale = torch.tensor(1024., device=device)
     for step, inf in enumerate((0., 0., 1., 0.)):
         set_grads(params, step)

@@ -120,7 +120,8 @@ def test_the_graph_sees_the_imports():
 
 @pytest.mark.parametrize('old', [
     'mmdet_gc.functional', 'mmdet_gc.fused', 'mmdet_gc.diagnostics',
-    'mmdet_gc.report', 'mmdet_gc.runner_utils', 'mmdet_gc.data'
+    'mmdet_gc.report', 'mmdet_gc.runner_utils', 'mmdet_gc.data',
+    'mmdet_gc.cli.runner', 'mmdet_gc.study.report'
 ])
 def test_no_shim_serves_a_layout_that_was_never_released(old):
     """``import mmdet_gc`` installs no import finder: module paths of a

@@ -404,7 +404,7 @@ def test_resume_with_config_takes_the_config_and_says_so(straight, tmp_path):
     # the weights carried on from the file's.
     assert final['optimizer']['param_groups'][0]['initial_lr'] == 0.04
     # mmdet-gc report lists what the run took from its config.
-    from mmdet_gc.study.report import markdown_table, read_run
+    from mmdet_gc.study import markdown_table, read_run
     table = markdown_table([read_run(str(work))])
     assert "Resumed with the config's settings" in table
     assert '- work: optimizer.param_groups[0].initial_lr: file 0.08, ' \
@@ -592,7 +592,7 @@ def test_report_reads_the_overrides_as_untrusted_text(tmp_path, capsys):
     """A work dir's ``resumed_with_config.txt`` is read as data: control
     characters shown as spaces, a file that is not UTF-8 skipped with one
     warning, at most 64 KB read."""
-    from mmdet_gc.study.report import markdown_table, read_run
+    from mmdet_gc.study import markdown_table, read_run
     for name, data in (('a', b'x: file 1, config 2\n\x1b[2Jfake\n'),
                        ('b', b'\xff\xfe not text'), ('c', b'y' * 10**6)):
         folder = tmp_path / name / '20260101_000000'

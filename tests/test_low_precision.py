@@ -13,7 +13,7 @@ import torch
 from mmdet_gc.optim import GC_OPTIMIZERS, centralize, foreach_centralize
 from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 
-from helpers import DEVICES
+from helpers import DEVICES, kind
 
 HALF = [torch.bfloat16, torch.float16]
 #: Agreement between paths after the steps: a few units in the last place.
@@ -87,7 +87,7 @@ def _run(name, mode, dtype, device, channels_last, monkeypatch):
     params = _params(dtype, device, channels_last)
     kw = dict(fused=True) if mode in ('fused', 'cuda-paths') else dict(
         foreach=mode == 'foreach')
-    opt = cls(params.values(), **kw, **HYPER[cls.base_algorithm])
+    opt = cls(params.values(), **kw, **HYPER[kind(cls).algorithm])
     for step in range(STEPS):
         _set_grads(params, step, channels_last)
         opt.step()

@@ -8,7 +8,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmdet_gc.cli.runner import build_run_or_fail, build_runner
+from mmdet_gc.cli.build_checks import build_run_or_fail
+from mmdet_gc.cli.launch import build_runner
 from mmdet_gc.utils.random_state import capture_random_state
 
 from tool_helpers import tiny_config

@@ -56,7 +56,7 @@ def test_snippet_builds_in_a_config_inheriting_mmdet(snippet, tmp_path):
     if 'default_hooks' in snippet:  # the tools' checkpoint hook, built
         from mmdet.registry import HOOKS
 
-        from mmdet_gc.cli.runner import make_resumable
+        from mmdet_gc.cli.config import make_resumable
         from mmdet_gc.engine.hooks import ResumableCheckpointHook
         make_resumable(cfg)
         with DefaultScope.overwrite_default_scope('mmdet'):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmdet_gc.study.report import ReportError, markdown_table, read_run
+from mmdet_gc.study import ReportError, markdown_table, read_run
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -325,3 +325,154 @@ def test_cli_on_a_damaged_work_dir(tmp_path):
         in warnings[0]
     assert f'skipped 1 malformed line in {test}' in warnings[1]
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# The optimizer and lr of each run, the differences to the first run, and
+# the curves: one colour per run, a single point on a sensible axis, values
+# too large to draw left out with one warning.
+
+SGD_CONFIG = """optim_wrapper = dict(
+    clip_grad=None,
+    optimizer=dict(lr=0.02, momentum=0.9, type='SGD', weight_decay=0.0001),
+    type='OptimWrapper')
+"""
+
+
+def _config(work_dir, text, where='vis_data', stamp='20260101_000000'):
+    """A config as MMEngine dumps it: into ``<stamp>/vis_data/config.py``
+    or the work dir itself."""
+    if where == 'vis_data':
+        path = osp.join(work_dir, stamp, 'vis_data', 'config.py')
+    else:
+        path = osp.join(work_dir, where)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def _cells(table, name):
+    row = next(line for line in table.splitlines()
+               if line.startswith(f'| {name} |'))
+    return [c.strip() for c in row.split('|')[1:-1]]
+
+
+def test_table_shows_each_runs_optimizer_and_lr(tmp_path, capsys):
+    runs = {n: write_run(tmp_path, n, 0.3, None) for n in 'abcdefg'}
+    _config(runs['a'], SGD_CONFIG)
+    # The work dir's own dump, and a newer start resumed at another lr.
+    _config(runs['b'], SGD_CONFIG.replace("'SGD'", "'SGD_GC'"), 'cfg.py')
+    _config(
+        runs['b'], SGD_CONFIG.replace('0.02', '0.01'), stamp='20260102_000000')
+    _config(
+        runs['c'], "optim_wrapper = dict(type='OptimWrapper', "
+        "constructor='GCOptimWrapperConstructor', gc=dict(on='update'), "
+        "optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05))\n")
+    # d: no config. Untrusted: a name that would break the table, a lr
+    # that is no number; a file that is not Python; code, never run.
+    _config(runs['e'],
+            "optim_wrapper = dict(optimizer=dict(type='SGD | x', lr='0.1'))")
+    _config(runs['f'], 'optim_wrapper = dict(optimizer=dict(type=\n')
+    pwned = tmp_path / 'pwned'
+    _config(runs['g'], f'open({str(pwned)!r}, "w")\n' + SGD_CONFIG)
+    table = markdown_table([read_run(runs[n]) for n in 'abcdefg'])
+    err = capsys.readouterr().err.splitlines()
+    assert table.splitlines()[0].endswith('| optimizer | lr |')
+    assert _cells(table, 'a')[-2:] == ['SGD', '0.02']
+    assert _cells(table, 'b')[-2:] == ['SGD', '0.01']
+    assert _cells(table, 'c')[-2:] == ['AdamW + GC on the update', '0.0001']
+    assert _cells(table, 'd')[-2:] == ['-', '-']
+    assert _cells(table, 'e')[-2:] == ['-', '-']
+    assert _cells(table, 'f')[-2:] == ['-', '-']
+    assert _cells(table, 'g')[-2:] == ['SGD', '0.02']
+    assert not pwned.exists()
+    assert len(err) == 2, err
+    assert 'e/20260101_000000/vis_data/config.py' in err[0]
+    assert 'skipped 2 malformed values' in err[0]
+    assert err[1].endswith('f/20260101_000000/vis_data/config.py: not a '
+                           'Python config')
+
+
+def test_difference_rows_to_the_first_run(tmp_path):
+    base = write_run(tmp_path, 'sgd', 0.364, 0.341)
+    gc = write_run(tmp_path, 'sgd_gc', 0.2, 0.2, test=coco(0.370, 0.347))
+    box = write_run(tmp_path, 'box_only', 0.35, None)
+    table = markdown_table([read_run(d) for d in (base, gc, box)])
+    # AP points, each metric against the first run's; none where either
+    # run has no such metric.
+    assert _cells(table, 'sgd_gc - sgd')[1:] == ['+0.6'] * 6 + ['+0.6'] * 6 \
+        + ['', '']
+    assert _cells(table, 'box_only - sgd')[1:7] == ['-1.4'] * 6
+    assert _cells(table, 'box_only - sgd')[7:13] == ['-'] * 6
+    assert 'Rows "B - sgd": run B\'s AP minus the first run\'s' in table
+    one = markdown_table([read_run(base)])
+    assert ' - sgd' not in one and 'Rows' not in one
+
+
+def _colours_by_run(fig, names):
+    """Per run, the colours of its lines in every panel (a label names its
+    run first)."""
+    from matplotlib.colors import to_hex
+    shown = {n.replace('$', r'\$'): n for n in names}
+    out = {n: set() for n in names}
+    for ax in fig.axes:
+        for line in ax.lines:
+            text = line.get_label()
+            run = shown.get(text) or shown[text.rsplit(' ', 1)[0]]
+            out[run].add(to_hex(line.get_color()))
+    return out
+
+
+def test_curves_give_a_run_one_colour_in_every_panel(tmp_path):
+    from mmdet_gc.study import plot_curves
+    names = ['sgd', 'sgd_gc', r'$\foo$']  # a $ starts no formula
+    runs = [
+        read_run(write_run(tmp_path, f'r{i}', 0.3, 0.2), n)
+        for i, n in enumerate(names)
+    ]
+    png = tmp_path / 'c.png'
+    fig = plot_curves(runs, str(png))
+    colours = _colours_by_run(fig, names)
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len(set.union(*colours.values())) == len(names)
+    # Loss, box AP and mask AP: three lines per run.
+    assert sum(len(ax.lines) for ax in fig.axes) == 3 * len(names)
+    assert png.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_single_point_gets_a_sensible_axis(tmp_path):
+    from mmdet_gc.study import plot_curves
+    vis = tmp_path / 'one' / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / 'scalars.json').write_text(
+        json.dumps(dict(loss=2.0, step=50)) + '\n' +
+        json.dumps(dict(coco(0.4), step=50)) + '\n')
+    fig = plot_curves([read_run(str(tmp_path / 'one'))])
+    ax_loss, ax_ap = fig.axes
+    assert ax_ap.get_ylim() == (0, 100)  # an AP: its whole range
+    assert ax_loss.get_ylim() == (0, 4)  # the value ± the value
+    assert ax_loss.get_xlim() == (0, 100)  # one iteration axis
+    assert ax_loss.lines[0].get_marker() == 'o'  # a point, not a line
+
+
+@pytest.mark.parametrize(
+    'losses', [[1e308], [-1e308], [1e308, -1e308, 1.5]],
+    ids=['1e308', '-1e308', 'mix'])
+def test_values_too_large_to_draw_are_left_out_with_one_line(
+        tmp_path, capsys, losses):
+    """``mmdet-gc report --plot`` on losses matplotlib cannot draw: status
+    0, the table, the curves of the rest, one warning line."""
+    work = write_run(tmp_path, 'run', 0.3, None)
+    with open(_scalars(work), 'a') as f:
+        for i, loss in enumerate(losses):
+            f.write('\n' + json.dumps(dict(loss=loss, step=60 + i)))
+    png = tmp_path / 'c.png'
+    out, err = _report(capsys, work, '--plot', str(png))
+    assert '| run | 30.0 |' in out and f'curves: {png}' in out
+    assert len(err) == 1, err
+    n = sum(abs(v) > 1e100 for v in losses)
+    assert err[0] == (f'warning: skipped {n} undrawable value'
+                      f'{"s" if n > 1 else ""} in {png}: loss beyond ±1e+100'
+                      f' ({", ".join(f"run step {60 + i}" for i in range(n))}'
+                      ')')
+    assert png.read_bytes()[:4] == b'\x89PNG'

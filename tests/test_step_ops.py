@@ -16,6 +16,8 @@ from mmdet_gc.optim.gc import CUDA_PATHS_ENV
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'benchmarks'))
 from bench_ops import HYPER, TORCH, launches, ops_per_step  # noqa: E402
 
+from helpers import kind  # noqa: E402
+
 #: The most launches the GC foreach step of SGD_GC or AdamW_GC may add to
 #: torch's foreach step of its family, at any tensor count (measured: 8
 #: and 13).
@@ -37,13 +39,13 @@ def cuda_paths(monkeypatch):
 @pytest.mark.parametrize('name', ['SGD_GC', 'AdamW_GC'])
 def test_foreach_stays_within_a_budget_of_torchs(name):
     cls = GC_OPTIMIZERS[name]
-    hyper = HYPER[cls.base_algorithm]
+    hyper = HYPER[kind(cls).algorithm]
     for n in (6, 60, 240):
         ours = launches(
             ops_per_step(lambda ps: cls(ps, foreach=True, **hyper), shapes(n)))
         theirs = launches(
             ops_per_step(
-                lambda ps: TORCH[cls.base_algorithm]
+                lambda ps: TORCH[kind(cls).algorithm]
                 (ps, foreach=True, **hyper), shapes(n)))
         assert ours <= theirs + BUDGET, (n, ours, theirs)
 
@@ -52,7 +54,7 @@ def test_foreach_stays_within_a_budget_of_torchs(name):
 @pytest.mark.parametrize('name', list(GC_OPTIMIZERS))
 def test_launches_do_not_grow_with_the_tensor_count(name, mode):
     cls = GC_OPTIMIZERS[name]
-    hyper = HYPER[cls.base_algorithm]
+    hyper = HYPER[kind(cls).algorithm]
     counts = [
         launches(
             ops_per_step(lambda ps: cls(ps, **{mode: True}, **hyper),

@@ -18,7 +18,7 @@ from mmdet_gc.optim import (SGD_GC, SGDW_GC, Adagrad_GC, Adam_GC, AdamW_GC,
                             AdamW_GC2, AdamW_GCC2)
 from mmdet_gc.optim.gc import CUDA_PATHS_ENV, is_centralized
 
-from helpers import DEVICES, make_params, set_grads
+from helpers import DEVICES, kind, make_params, set_grads
 
 STEPS = 6
 
@@ -211,7 +211,10 @@ def test_gc_on_the_update_runs_the_foreach_kernel(torch_path, log_lines,
     mine = cls(a.values(), fused=True, **hyper)
     assert not getattr(mine, '_step_supports_amp_scaling', False)
     ref = cls(b.values(), foreach=True, **hyper)
-    centred = [k for k, p in a.items() if is_centralized(p, cls.gc_conv_only)]
+    centred = [
+        k for k, p in a.items() if is_centralized(p,
+                                                  kind(cls).conv_only)
+    ]
     for step in range(STEPS):
         set_grads(a, step)
         set_grads(b, step)

@@ -13,7 +13,7 @@ from torch.testing._internal.common_optimizers import (OptimizerErrorEnum,
 from mmdet_gc import GC_OPTIMIZERS
 
 from helpers import (DEVICES, DT, assert_same_as, check_against_reference,
-                     make_params, reference_for)
+                     kind, make_params, reference_for)
 
 TORCH = {info.optim_cls.__name__: info for info in optim_db}
 STEPS = 4
@@ -29,8 +29,9 @@ def inputs(algo):
 
 CASES = [
     pytest.param(name, kwargs, foreach, id=f'{name}-{desc}-foreach{foreach}')
-    for name, cls in GC_OPTIMIZERS.items() if cls.base_algorithm in TORCH
-    for kwargs, desc in inputs(cls.base_algorithm) for foreach in (False, True)
+    for name, cls in GC_OPTIMIZERS.items() if kind(cls).algorithm in TORCH
+    for kwargs, desc in inputs(kind(cls).algorithm)
+    for foreach in (False, True)
 ]
 
 
@@ -47,7 +48,7 @@ def _builds(make):
 def test_gc_off_equals_torch_on_torchs_inputs(name, kwargs, foreach, device):
     cls = GC_OPTIMIZERS[name]
     a, b = make_params(device=device), make_params(device=device)
-    theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
+    theirs = _builds(lambda: TORCH[kind(cls).algorithm].optim_cls(
         b.values(), foreach=foreach, **kwargs))
     ours = _builds(
         lambda: cls(a.values(), foreach=foreach, gc=False, **kwargs))
@@ -83,8 +84,8 @@ def tensor_hyper_inputs(algo):
 TENSOR_HYPER = [
     pytest.param(name, kwargs, mode, id=f'{name}-{desc}-{mode}')
     for name, cls in GC_OPTIMIZERS.items()
-    if cls.base_algorithm in ('Adam', 'AdamW')
-    for kwargs, desc in tensor_hyper_inputs(cls.base_algorithm)
+    if kind(cls).algorithm in ('Adam', 'AdamW')
+    for kwargs, desc in tensor_hyper_inputs(kind(cls).algorithm)
     for mode in ('single', 'foreach', 'fused')
 ]
 
@@ -100,7 +101,7 @@ def test_gc_off_equals_torch_with_tensor_hyper_parameters_in_float32(
     }[mode]
     a = make_params(dtype=torch.float32)
     b = make_params(dtype=torch.float32)
-    theirs = _builds(lambda: TORCH[cls.base_algorithm].optim_cls(
+    theirs = _builds(lambda: TORCH[kind(cls).algorithm].optim_cls(
         b.values(), **flag, **kwargs))
     ours = _builds(lambda: cls(a.values(), gc=False, **flag, **kwargs))
     if isinstance(theirs, ValueError):  # torch refuses the combination
@@ -124,7 +125,11 @@ def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach,
     params = make_params(device=device)
     opt = _builds(lambda: cls(params.values(), foreach=foreach, **kwargs))
     if isinstance(opt, ValueError):
-        pytest.skip(f'torch refuses these arguments as well: {opt}')
+        # Skipped only where torch refuses the arguments too.
+        theirs = _builds(lambda: TORCH[kind(cls).algorithm].optim_cls(
+            make_params(device=device).values(), foreach=foreach, **kwargs))
+        assert isinstance(theirs, ValueError), opt
+        pytest.skip(f'torch refuses these arguments as well: {theirs}')
     hyper = {
         k: v.item() if torch.is_tensor(v) else v
         for k, v in kwargs.items()
@@ -132,16 +137,16 @@ def test_gc_on_equals_the_reference_on_torchs_inputs(name, kwargs, foreach,
     hyper.setdefault(
         'lr', opt.defaults['lr'].item()
         if torch.is_tensor(opt.defaults['lr']) else opt.defaults['lr'])
-    if cls.base_algorithm == 'Adagrad':
+    if kind(cls).algorithm == 'Adagrad':
         hyper = {**dict(lr_decay=0., weight_decay=0., eps=1e-10), **hyper}
-    check_against_reference(opt, params, reference_for(name), cls.gc_conv_only,
-                            lambda k: hyper, STEPS)
+    check_against_reference(opt, params, reference_for(name),
+                            kind(cls).conv_only, lambda k: hyper, STEPS)
 
 
 ERRORS = [
     pytest.param(name, err, id=f'{name}-{i}')
-    for name, cls in GC_OPTIMIZERS.items() if cls.base_algorithm in TORCH
-    for i, err in enumerate(TORCH[cls.base_algorithm].optim_error_inputs_func(
+    for name, cls in GC_OPTIMIZERS.items() if kind(cls).algorithm in TORCH
+    for i, err in enumerate(TORCH[kind(cls).algorithm].optim_error_inputs_func(
         device='cpu', dtype=torch.float32))
 ]
 

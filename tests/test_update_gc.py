@@ -11,7 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from mmdet_gc import GC_OPTIMIZERS, attach_gc
 from mmdet_gc.optim.any_optimizer import GCOptimWrapperConstructor
 
-from helpers import DEVICES, make_params, set_grads
+from helpers import DEVICES, kind, make_params, set_grads
 
 STEPS = 8
 
@@ -27,9 +27,9 @@ def test_wrapping_torch_adam_equals_the_gc2_variants(name, amsgrad, dtype,
     a = make_params(dtype=dtype, device=device)
     b = make_params(dtype=dtype, device=device)
     hyper = dict(lr=0.05, weight_decay=0.1, amsgrad=amsgrad, foreach=False)
-    ours = (torch.optim.AdamW if cls.decoupled else torch.optim.Adam)(
+    ours = (torch.optim.AdamW if kind(cls).decoupled else torch.optim.Adam)(
         a.values(), **hyper)
-    attach_gc(ours, conv_only=cls.gc_conv_only, on='update')
+    attach_gc(ours, conv_only=kind(cls).conv_only, on='update')
     theirs = cls(b.values(), **hyper)
     tol = dict(
         rtol=0, atol=1e-12) if dtype == torch.float64 else dict(
@@ -99,6 +99,46 @@ def test_row_means_stay_fixed_under_any_optimizer(name, conv_only, device):
             assert d < 1e-12, (k, d)
         else:  # fc / conv1d under the conv-only rule: not centralized
             assert d > 1e-4, (k, d)
+
+
+@pytest.mark.parametrize('name', list(OTHERS))
+@pytest.mark.parametrize('conv_only', [False, True])
+def test_weights_move_as_the_optimizer_moves_them_less_the_row_means(
+        name, conv_only):
+    """Each step, a centralized weight moves by the optimizer's own update
+    (taken by a twin without GC, from the same weights and state) less its
+    row means; every other tensor by that update exactly."""
+    import copy
+    params = make_params()
+    opt = OTHERS[name](params.values())
+    attach_gc(opt, conv_only=conv_only, on='update')
+    for step in range(STEPS):
+        set_grads(params, step)
+        twin_params = {
+            k: p.detach().clone().requires_grad_()
+            for k, p in params.items()
+        }
+        for k, p in twin_params.items():
+            p.grad = None if params[k].grad is None else \
+                params[k].grad.clone()
+        twin = OTHERS[name](twin_params.values())
+        for k, p in params.items():  # as it is (load_state_dict casts)
+            twin.state[twin_params[k]] = copy.deepcopy(opt.state[p])
+        before = {k: p.detach().clone() for k, p in params.items()}
+        opt.step()
+        twin.step()
+        for k, p in params.items():
+            update = twin_params[k].detach() - before[k]
+            if p.dim() > (3 if conv_only else 1):
+                update = update - update.mean(_dims(p), keepdim=True)
+            torch.testing.assert_close(
+                p.detach(),
+                before[k] + update,
+                rtol=0,
+                atol=1e-13,
+                msg=f'{k} at step {step}')
+        assert any((p.detach() - before[k]).abs().max() > 1e-4
+                   for k, p in params.items() if p.dim() > 3)
 
 
 def test_per_layer_switch_and_detaching():

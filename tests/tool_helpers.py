@@ -69,7 +69,30 @@ def tiny_config(tmp_path,
     return str(path)
 
 
-def run_tool(*args, ok=True, env=None):
+#: The command behind each tool script.
+TOOLS = {
+    'tools/train.py': 'mmdet_gc.cli.train',
+    'tools/test.py': 'mmdet_gc.cli.test',
+    'tools/gc_report.py': 'mmdet_gc.cli.report',
+    'tools/gc_study.py': 'mmdet_gc.cli.study',
+    'tools/convert_checkpoint.py': 'mmdet_gc.cli.convert',
+}
+
+
+def run_tool(*args, ok=True, env=None, in_process=None):
+    """``python *args`` from the checkout, as a finished process.
+
+    A run expected to fail (``ok=False``) runs in this process by default
+    (``in_process``): the tools refuse bad input before any work, so the
+    seconds of a fresh interpreter importing mmdet buy nothing there. A
+    refusal that is not one line (an exception out of ``main``) raises
+    here instead of exiting.
+    """
+    in_process = not ok if in_process is None else in_process
+    if in_process and args[0] in TOOLS:
+        return _run_in_process(TOOLS[args[0]], args[0], args[1:], env)
+    if in_process and args[:2] == ('-m', 'mmdet_gc'):
+        return _run_in_process('mmdet_gc.cli', None, args[2:], env)
     proc = subprocess.run([sys.executable, *args],
                           cwd=ROOT,
                           env=env or ENV,
@@ -79,6 +102,43 @@ def run_tool(*args, ok=True, env=None):
     if ok and proc.returncode != 0:
         raise AssertionError(f'{args} failed:\n{proc.stderr[-3000:]}')
     return proc
+
+
+def _run_in_process(module, prog, argv, env):
+    """``module.main(argv, prog=prog)`` with ``env`` as the environment and
+    the checkout as the working directory, its exit and output captured as
+    a :class:`subprocess.CompletedProcess`."""
+    import contextlib
+    import importlib
+    import io
+
+    import torch._dynamo
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    cache_limit = torch._dynamo.config.cache_size_limit
+    code = 0
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main = importlib.import_module(module).main
+                main(list(argv), **({} if prog is None else dict(prog=prog)))
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                    code = 1
+                else:
+                    code = e.code or 0
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch._dynamo.config.cache_size_limit = cache_limit
+    return subprocess.CompletedProcess([prog, *argv], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def load(path):

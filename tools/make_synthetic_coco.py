@@ -1,6 +1,7 @@
 """Write the synthetic COCO-format shapes dataset (no download).
 
     python tools/make_synthetic_coco.py data/synthetic_coco [--size 128]
+    python tools/make_synthetic_coco.py data/coco_synthetic --like-coco
 """
 import argparse
 
@@ -15,6 +16,10 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--max-objects', type=int, default=3)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--like-coco',
+        action='store_true',
+        help='COCO 2017 layout and class names, for stock mmdet configs')
     args = parser.parse_args()
     files = make_synthetic_coco(
         args.out_dir,
@@ -22,7 +27,8 @@ def main() -> None:
         num_val=args.num_val,
         size=args.size,
         max_objects=args.max_objects,
-        seed=args.seed)
+        seed=args.seed,
+        like_coco=args.like_coco)
     for split, path in files.items():
         print(f'{split}: {path}')
 

@@ -19,7 +19,8 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 MMCV_VERSION=2.1.0
 STAMP="$VENV/.mmdet_gc_ready"
 
-say() { printf '[setup] %s\n' "$*"; }
+# Each line carries the seconds since the start: where a set-up's time goes.
+say() { printf '[setup %4ss] %s\n' "$SECONDS" "$*"; }
 
 # A finished setup whose inputs have not changed costs one `cmp`.
 if [ -f "$STAMP" ] && cmp -s "$STAMP" "$ROOT/pyproject.toml"; then
@@ -60,7 +61,9 @@ else
     # asked to report it.
     "${PIP[@]}" install -q --no-warn-conflicts 'setuptools<70' wheel ninja \
         packaging
-    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    # torch compiles in parallel (MAX_JOBS) only where it finds ninja on
+    # PATH: the venv's, where the machine has none.
+    PATH="$VENV/bin:$PATH" MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         "${PIP[@]}" install --no-build-isolation --no-warn-conflicts \
         "mmcv==$MMCV_VERSION"
     "$PY" -c 'import mmcv.ops' || {
@@ -70,9 +73,9 @@ fi
 say "installing mmengine, mmdet, pycocotools and mmdet_gc[tests]"
 # setuptools back to what torch asks for (and below 81, which has no
 # pkg_resources for mmengine 0.10 and mmcv 2.1), in the same step.
+# One resolve for all of them (the package's own requirements included).
 "${PIP[@]}" install -q 'mmengine>=0.10.0,<0.11' 'mmdet==3.3.0' pycocotools \
-    'setuptools>=77.0.3,<81'
-"${PIP[@]}" install -q -e "$ROOT[tests]"
+    'setuptools>=77.0.3,<81' -e "$ROOT[tests]"
 
 # torchvision of this torch (torch 2.N pairs with torchvision 0.(N+15)), as
 # MMDetection's install guide installs both; after the packages above, so
@@ -97,4 +100,4 @@ print(f"0.{int(v[1]) + 15}.*" if v[0] == "2" else "")')
 fi
 
 cp "$ROOT/pyproject.toml" "$STAMP"
-say "ready: $VENV"
+say "ready: $VENV (${SECONDS} s)"

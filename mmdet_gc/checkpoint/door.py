@@ -9,13 +9,16 @@ Its loaders unpickle with ``weights_only=False`` for downloads
 (``torch.hub.load_state_dict_from_url``). :class:`CheckpointDoor` stands in
 for every one of them while it is installed (:meth:`CheckpointDoor.
 installed`, around the tools' runner): a source is resolved to a local
-file (a path that exists is always that file; a URL is downloaded into
-torch's hub cache, or taken from it, without being unpickled; a model-zoo
-name goes through MMEngine's own URL tables, which are data files), and
-the file is read by :func:`~mmdet_gc.checkpoint.reader.read_checkpoint`
-as data. ``weights_only=False`` is used only for a source the user trusted
-by name (``--trust-checkpoint``). Nothing is changed on ``import
-mmdet_gc``.
+file (a path that exists is always that file; a URL is taken from
+torch's hub cache or downloaded, without being unpickled, under a
+temporary name that becomes its cache name only once every check passed;
+a model-zoo name goes through MMEngine's own URL tables, which are data
+files), and the file is read by
+:func:`~mmdet_gc.checkpoint.reader.read_checkpoint` as data. A file name
+that carries a sha256 prefix (``resnet50-0676ba61.pth``) is checked
+against the file's bytes on download and on every cache hit.
+``weights_only=False`` is used only for a source the user trusted by name
+(``--trust-checkpoint``). Nothing is changed on ``import mmdet_gc``.
 
 The tools read their checkpoints through :meth:`CheckpointDoor.read` before
 the runner is built, so a refusal is one line and the work dir is
@@ -23,6 +26,8 @@ untouched; the runner then gets the checked object, not a second read.
 """
 import contextlib
 import copy
+import functools
+import hashlib
 import os
 import os.path as osp
 import re
@@ -68,40 +73,107 @@ def hub_cache_file(url: str) -> str:
     return osp.join(torch.hub.get_dir(), 'checkpoints', name)
 
 
-def download(url: str, fresh: Optional[str] = None) -> Tuple[str, bool]:
-    """``url`` as a local file, not unpickled: in torch's hub cache,
-    downloaded if it is not there yet (in a distributed run, rank 0
-    first); or, with ``fresh`` (a folder), downloaded into it whatever the
+def download(url: str,
+             verify: Callable[[str], dict],
+             fresh: Optional[str] = None) -> Tuple[dict, Optional[str]]:
+    """``url`` read through ``verify`` (the door's read and checks), from
+    torch's hub cache or downloaded into it (in a distributed run, rank 0
+    first); with ``fresh`` (a folder), downloaded into it whatever the
     cache holds, so that a file trusted by its URL is that URL's file.
 
+    A download is written to a temporary name and moved to its cache name
+    only once it passed every check (:func:`check_hash`, then ``verify``):
+    nothing a check refused is ever in the cache under that name, for this
+    process or another. A cache hit is checked the same way before use.
+
     Returns:
-        tuple: The file, and whether this call put it in the cache.
+        tuple: What ``verify`` returned, and the cache file this call
+        added (None for a cache hit or a fresh download).
     """
     from mmengine.dist import barrier, get_dist_info
     dst = hub_cache_file(url)
     if fresh is not None:
         dst = osp.join(fresh, osp.basename(dst))
     rank, world_size = get_dist_info()
-    fetched = False
+    found: Tuple[Any, Optional[str]] = (None, None)
     for turn in (0, 1) if fresh is None and world_size > 1 else (0, ):
-        if (rank == 0) == (turn == 0) and not osp.exists(dst):
-            os.makedirs(osp.dirname(dst), exist_ok=True)
-            try:
-                fetch(url, dst)
-            except CheckpointError:
-                raise
-            except Exception as e:
-                raise CheckpointError(
-                    f'checkpoint {url} cannot be downloaded '
-                    f'({first_line(e)}); '
-                    f'place the file at {hub_cache_file(url)}, or do without '
-                    'it (for a pretrained backbone: --cfg-options '
-                    'model.backbone.init_cfg=None)'
-                ) from None
-            fetched = fresh is None
+        if (rank == 0) == (turn == 0):
+            found = _checked_download(url, dst, verify, fresh is None)
         if world_size > 1 and turn == 0:
             barrier()
-    return dst, fetched
+    return found
+
+
+def _checked_download(url: str, dst: str, verify: Callable[[str], dict],
+                      cache: bool) -> Tuple[dict, Optional[str]]:
+    """:func:`download` on one process."""
+    if osp.exists(dst):  # a cache hit: the same checks as a download
+        check_hash(dst, dst, "removed from torch's hub cache")
+        return verify(dst), None
+    os.makedirs(osp.dirname(dst), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=osp.dirname(dst), prefix=osp.basename(dst) + '.', suffix='.part')
+    os.close(fd)
+    try:
+        try:
+            fetch(url, tmp)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f'checkpoint {url} cannot be downloaded ({first_line(e)}); '
+                f'place the file at {hub_cache_file(url)}, or do without '
+                'it (for a pretrained backbone: --cfg-options '
+                'model.backbone.init_cfg=None)') from None
+        check_hash(tmp, dst, f'downloaded from {url}, not kept')
+        try:
+            ckpt = verify(tmp)
+        except CheckpointError as e:  # name the file, not its temporary
+            raise CheckpointError(str(e).replace(tmp, dst)) from None
+        os.replace(tmp, dst)  # atomic: whole and checked, or not there
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return ckpt, dst if cache else None
+
+
+#: A file name that carries a sha256 prefix, as torch hub's and
+#: OpenMMLab's ``name-<prefix>.pth`` (``resnet50-0676ba61.pth``): 8 to 64
+#: lowercase hex digits after the last ``-``, before the extension.
+HASHED_NAME = re.compile(r'-([0-9a-f]{8,64})\.[^-]*$')
+
+
+def hash_prefix(name: str) -> Optional[str]:
+    """The sha256 prefix the file name ``name`` carries, or None."""
+    found = HASHED_NAME.search(osp.basename(name))
+    return found.group(1) if found else None
+
+
+def check_hash(path: str, name: str, fate: str) -> None:
+    """Refuse ``path`` (the file ``name``, in the hub cache or on its
+    way there) and remove it where the name carries a sha256 prefix
+    (:data:`HASHED_NAME`) that its bytes do not have: a tampered or
+    truncated download, or another file cached under that name.
+    ``torch.hub`` checks this on download only, and only with
+    ``check_hash``; MMEngine not at all.
+
+    Raises:
+        CheckpointError: One line naming the file, both hashes and
+            ``fate`` (what became of the file).
+    """
+    prefix = hash_prefix(name)
+    if prefix is None or not osp.isfile(path):
+        return  # no prefix; or no file, which the read refuses
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(2**20), b''):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if not actual.startswith(prefix):
+        os.remove(path)
+        raise CheckpointError(
+            f'checkpoint {name} is refused: its sha256 is {actual}, not '
+            f'one that starts with {prefix} as its name says ({fate})')
 
 
 #: Seconds a download may wait for data, and the largest it may be (MB);
@@ -111,33 +183,26 @@ MAX_DOWNLOAD_MB = 4096
 
 
 def fetch(url: str, dst: str) -> None:
-    """Download ``url`` to ``dst`` (a temporary file, moved into place when
-    whole): with a timeout on every read and a cap on the size, so that a
-    server that stalls or never ends cannot hang the tool or fill the
-    disk; nothing of a failed download stays behind."""
+    """Download ``url`` into ``dst`` (a temporary file the caller moves
+    into place once it is checked): with a timeout on every read and a cap
+    on the size, so that a server that stalls or never ends cannot hang
+    the tool or fill the disk."""
     from urllib.request import urlopen
     limit = int(os.environ.get('MMDET_GC_MAX_DOWNLOAD_MB',
                                MAX_DOWNLOAD_MB)) * 2**20
-    fd, tmp = tempfile.mkstemp(
-        dir=osp.dirname(dst), prefix=osp.basename(dst) + '.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as out, urlopen(
-                url, timeout=DOWNLOAD_TIMEOUT) as response:
-            size = 0
-            while True:
-                chunk = response.read(2**20)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > limit:
-                    raise CheckpointError(
-                        f'checkpoint {url} is larger than {limit >> 20} MB '
-                        '(MMDET_GC_MAX_DOWNLOAD_MB raises the limit)')
-                out.write(chunk)
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    with open(dst, 'wb') as out, urlopen(
+            url, timeout=DOWNLOAD_TIMEOUT) as response:
+        size = 0
+        while True:
+            chunk = response.read(2**20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise CheckpointError(
+                    f'checkpoint {url} is larger than {limit >> 20} MB '
+                    '(MMDET_GC_MAX_DOWNLOAD_MB raises the limit)')
+            out.write(chunk)
 
 
 def _zoo_url(source: str, prefix: str, table: Callable[[], dict],
@@ -161,8 +226,7 @@ def torchvision_urls() -> dict:
     names where torchvision imports."""
     import mmengine
     from mmengine.fileio import load
-    urls = load(osp.join(mmengine.__path__[0], 'hub',
-                         'torchvision_0.12.json'))
+    urls = load(osp.join(mmengine.__path__[0], 'hub', 'torchvision_0.12.json'))
     try:
         from mmengine.runner.checkpoint import get_torchvision_models
         urls = {**get_torchvision_models(), **urls}
@@ -171,8 +235,8 @@ def torchvision_urls() -> dict:
     return urls
 
 
-def _openmmlab_file(source: str,
-                    fresh: Optional[str]) -> Tuple[str, bool]:
+def _openmmlab_file(source: str, verify: Callable[[str], dict],
+                    fresh: Optional[str]) -> Tuple[dict, Optional[str]]:
     from mmengine.runner.checkpoint import (_get_mmengine_home,
                                             get_deprecated_model_names,
                                             get_external_models)
@@ -183,8 +247,8 @@ def _openmmlab_file(source: str,
         source = prefix + deprecated[name]
     url = _zoo_url(source, prefix, get_external_models, 'open-mmlab')
     if url.startswith(HTTP):
-        return download(url, fresh)
-    return osp.join(_get_mmengine_home(), url), False
+        return download(url, verify, fresh)
+    return verify(osp.join(_get_mmengine_home(), url)), None
 
 
 def _ceph_file(source: str, folder: str) -> str:
@@ -204,15 +268,19 @@ def _pavi_file(source: str, folder: str) -> str:
     return path
 
 
-def local_file(
-    source: str,
-    folder: str,
-    schemes: Optional[Dict[str, Callable]] = None,
-    fresh: bool = False
-) -> Tuple[str, Optional[Callable[[dict], dict]], bool]:
-    """The local file that holds ``source``, what MMEngine does to the
-    loaded checkpoint afterwards (``mmcls://``: keep the backbone), and
-    whether the file was put in torch's hub cache now.
+#: The door's read and checks of one local file: ``verify(path, after)``.
+Verify = Callable[[str, Optional[Callable[[dict], dict]]], dict]
+
+
+def read_source(source: str,
+                folder: str,
+                verify: Verify,
+                schemes: Optional[Dict[str, Callable]] = None,
+                fresh: bool = False) -> Tuple[dict, Optional[str]]:
+    """``source`` read from its local file by ``verify(path, after)``
+    (``after``: what MMEngine does to the loaded checkpoint, e.g. keep the
+    backbone of an ``mmcls://`` one), and the file this call put in
+    torch's hub cache, if any (only once ``verify`` passed it).
 
     A path that exists is that file, whatever it looks like. Remote
     storage without a cache (``s3://``, ``pavi://``) is fetched into
@@ -222,48 +290,50 @@ def local_file(
     Raises:
         CheckpointError: A source the door does not read (a scheme another
             package registered), a model-zoo name that is not in its table,
-            or a failed download.
+            a failed download, or what ``verify`` refused.
     """
     scheme = scheme_of(source, schemes)
     # A path that exists is that file; but a source trusted by its URL is
     # that URL's file, never a local one that happens to spell the same.
     if osp.exists(osp.expanduser(source)) and not (fresh and scheme):
-        return osp.expanduser(source), None, False
+        return verify(osp.expanduser(source), None), None
     into = folder if fresh else None
     if scheme == '':
-        return osp.expanduser(source), None, False
+        return verify(osp.expanduser(source), None), None
+    plain = functools.partial(verify, after=None)
     if scheme in HTTP:
-        return _with(download(source, into), None)
+        return download(source, plain, into)
     if scheme in TORCHVISION:
         url = _zoo_url(source, scheme, torchvision_urls, 'torchvision')
-        return _with(download(url, into), None)
+        return download(url, plain, into)
     if scheme in OPENMMLAB:
-        return _with(_openmmlab_file(source, into), None)
+        return _openmmlab_file(source, plain, into)
     if scheme == MMCLS:
         from mmengine.runner.checkpoint import (_process_mmcls_checkpoint,
                                                 get_mmcls_models)
         url = _zoo_url(source, scheme, get_mmcls_models, 'mmcls')
-        return _with(download(url, into), _process_mmcls_checkpoint)
+        return download(
+            url, functools.partial(verify, after=_process_mmcls_checkpoint),
+            into)
     try:
         if scheme in CEPH:
-            return _ceph_file(source, folder), None, False
-        if scheme == PAVI:
-            return _pavi_file(source, folder), None, False
+            path = _ceph_file(source, folder)
+        elif scheme == PAVI:
+            path = _pavi_file(source, folder)
+        else:
+            path = None
     except CheckpointError:
         raise
     except Exception as e:  # no petrel / pavi client, no such object...
         raise CheckpointError(f'checkpoint {source} cannot be fetched: '
                               f'{first_line(e)}') from None
+    if path is not None:
+        return verify(path, None), None
     raise CheckpointError(
         f'checkpoint {source}: its scheme {scheme!r} is not one mmdet-gc '
         'reads as data; fetch the file and give its local path (or pass '
         '--trust-checkpoint to let the loader that package registered '
         'read this one source)')
-
-
-def _with(found: Tuple[str, bool],
-          after: Optional[Callable]) -> Tuple[str, Optional[Callable], bool]:
-    return found[0], after, found[1]
 
 
 class CheckpointDoor:
@@ -294,28 +364,53 @@ class CheckpointDoor:
         """Consent to load ``source`` with ``weights_only=False``."""
         self.trusted.add(source)
 
-    def _read(self, source: str) -> dict:
+    def _read(self, source: str, resume: bool) -> dict:
+        """Read ``source`` and check it (:meth:`_check`): a download is in
+        the hub cache only once it passed."""
         trust = source in self.trusted
         scheme = scheme_of(source, self._schemes)
         loader = self._schemes.get(scheme)
         if trust and scheme not in _known() and loader is not None and \
                 not osp.exists(osp.expanduser(source)):
             # Another package's scheme, trusted by name: its own loader.
-            return from_plain(to_plain(loader(source, 'cpu')))
-        with tempfile.TemporaryDirectory() as folder:
-            path, after, fetched = local_file(
-                source, folder, self._schemes, fresh=trust)
-            try:
-                ckpt = read_checkpoint(path, trust=trust)
-            except CheckpointError as e:
-                if fetched:  # no refused download stays in the cache
-                    os.remove(path)
-                if path == source:
-                    raise
-                raise CheckpointError(f'{e} (read for {source})') from None
-        if fetched:
-            self._fetched[source] = path
-        return after(ckpt) if after else ckpt
+            ckpt = from_plain(to_plain(loader(source, 'cpu')))
+            self._check(ckpt, source, resume)
+            return ckpt
+
+        def verify(path: str, after: Optional[Callable]) -> dict:
+            ckpt = read_checkpoint(path, trust=trust)
+            if after is not None:
+                try:
+                    ckpt = after(ckpt)
+                except Exception as e:  # MMEngine's step on odd contents
+                    raise CheckpointError(
+                        f'checkpoint {source} cannot be checked: '
+                        f'{first_line(e)}') from None
+            self._check(ckpt, source, resume)
+            return ckpt
+
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt, cached = read_source(
+                    source, folder, verify, self._schemes, fresh=trust)
+        except CheckpointError as e:  # naming the file: say what for
+            if source in str(e):
+                raise
+            raise CheckpointError(f'{e} (read for {source})') from None
+        if cached is not None:
+            self._fetched[source] = cached
+        return ckpt
+
+    def _check(self, ckpt: dict, source: str, resume: bool) -> None:
+        """:func:`~mmdet_gc.checkpoint.reader.check_contents`, every failure
+        one line."""
+        try:
+            check_contents(ckpt, source, resume)
+        except CheckpointError:
+            raise
+        except Exception as e:  # MemoryError, RuntimeError... on odd data
+            raise CheckpointError(f'checkpoint {source} cannot be checked: '
+                                  f'{first_line(e)}') from None
 
     def read(self, source: str, resume: bool = False) -> dict:
         """Read ``source`` and check what MMEngine will read from it
@@ -328,17 +423,16 @@ class CheckpointDoor:
         """
         ckpt = self._checked.get(source)
         if ckpt is None:
-            ckpt = self._read(source)
-        try:
-            check_contents(ckpt, source, resume)
-        except Exception as e:  # MemoryError, RuntimeError... on odd data
-            fetched = self._fetched.pop(source, None)
-            if fetched is not None and osp.exists(fetched):
-                os.remove(fetched)  # refused: not kept in the cache
-            if isinstance(e, CheckpointError):
+            ckpt = self._read(source, resume)
+        else:
+            try:
+                self._check(ckpt, source, resume)
+            except CheckpointError:
+                # Refused now (say, for a resume): not kept in the cache.
+                fetched = self._fetched.pop(source, None)
+                if fetched is not None and osp.exists(fetched):
+                    os.remove(fetched)
                 raise
-            raise CheckpointError(f'checkpoint {source} cannot be checked: '
-                                  f'{first_line(e)}') from None
         self._checked[source] = ckpt
         return ckpt
 

@@ -25,7 +25,8 @@ import torch
 
 from ..utils.messages import first_line
 from .errors import CheckpointError, ForeignCheckpointError
-from .plain import EXECUTED_META, DecodedCheckpoint, from_plain, to_plain
+from .plain import (EXECUTED_META, DecodedCheckpoint, from_plain, key_label,
+                    to_plain)
 from .stock import StockCheckpointError, resolve, stand_ins
 
 
@@ -150,8 +151,8 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     try:
         ckpt = _load(path, trust)
     except StockCheckpointError as e:
-        raise CheckpointError(f'checkpoint {path} is refused: it holds {e}'
-                              ) from None
+        raise CheckpointError(
+            f'checkpoint {path} is refused: it holds {e}') from None
     except pickle.UnpicklingError as e:
         if not trust and 'weights_only' in str(e) and 'GLOBAL' in str(e):
             raise _refuse_foreign(path, e) from None
@@ -174,8 +175,8 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
         raise CheckpointError(f'checkpoint {path} is malformed: nested too '
                               'deeply') from None
     except StockCheckpointError as e:
-        raise CheckpointError(f'checkpoint {path} is refused: it holds {e}'
-                              ) from None
+        raise CheckpointError(
+            f'checkpoint {path} is refused: it holds {e}') from None
     except (TypeError, ValueError) as e:  # ours, naming the key path
         raise CheckpointError(f'checkpoint {path} is malformed: '
                               f'{first_line(e, typed=False)}') from None
@@ -264,6 +265,73 @@ def _clean_path(value: Any) -> bool:
         ord(c) < 32 or ord(c) == 127 for c in value)
 
 
+#: The largest int a resumed history may hold: beyond any count a run
+#: reaches, and small enough that numpy's int64 sums over a history cannot
+#: wrap around.
+MAX_LOGGED_INT = 10**12
+
+#: Logged keys whose values MMEngine logs as floats only: losses (a
+#: tensor's ``item()``), times and the grad norm (``float(norm)``).
+FLOAT_LOGS = re.compile(r'loss|time|grad_norm')
+
+
+def _history_problem(key: str, logs: Any, counts: Any) -> Optional[str]:
+    """Why a resumed ``HistoryBuffer``'s histories are not what MMEngine
+    logs under ``key``, or None: values that are real numbers (floats;
+    ints where only ints were logged, never for :data:`FLOAT_LOGS`),
+    counts that are whole numbers >= 0, both 1-D, of one length, not empty
+    (``current()`` raises on an empty one, and the logger reads every
+    resumed key, given again or not).
+
+    A value may be inf or nan: MMEngine logs them itself (the grad norm of
+    a step AMP skips, the loss of a run that diverged), and only the
+    logger reads them, as text.
+    """
+    if not (isinstance(logs, np.ndarray) and isinstance(counts, np.ndarray)
+            and logs.ndim == 1 and logs.shape == counts.shape):
+        return 'has histories of different shapes'
+    if logs.size == 0:
+        return 'has an empty history'
+    if logs.dtype.kind not in 'biuf':
+        return f'holds {logs.dtype} values, not real numbers'
+    if logs.dtype.kind != 'f' and FLOAT_LOGS.search(key):
+        return f'holds {logs.dtype} values where MMEngine logs floats'
+    if logs.dtype.kind in 'iu' and np.abs(logs.astype(
+            np.float64)).max() > MAX_LOGGED_INT:
+        return f'holds ints beyond {MAX_LOGGED_INT:.0e}'
+    tally = counts.astype(np.float64) if counts.dtype.kind in 'iuf' \
+        else np.array([np.nan])
+    if not (np.isfinite(tally).all() and (tally == np.floor(tally)).all()
+            and tally.min() >= 0 and tally.max() <= MAX_LOGGED_INT):
+        return 'holds counts that are not whole numbers >= 0'
+    return None
+
+
+def _check_log_scalars(hub: dict, bad: str) -> None:
+    """What the logger reads from a resumed message hub: each of
+    ``log_scalars`` a ``HistoryBuffer`` of numbers MMEngine logs
+    (:func:`_history_problem`); ``resumed_keys`` names mapped to bools.
+    Otherwise a complex value is a traceback in the logger once the work
+    dir is made, and a number MMEngine skips with a warning."""
+    from mmengine.logging import HistoryBuffer
+    for key, buffer in hub['log_scalars'].items():
+        if not isinstance(key, str):
+            raise CheckpointError(bad + 'message_hub.log_scalars has a key '
+                                  'that is not a str')
+        at = f'message_hub.log_scalars.{key_label(key)}'
+        if type(buffer) is not HistoryBuffer:
+            raise CheckpointError(bad + f'{at} is {buffer!r:.40}, not a '
+                                  'HistoryBuffer')
+        why = _history_problem(key, buffer._log_history, buffer._count_history)
+        if why:
+            raise CheckpointError(bad + f'{at} {why}')
+    if not all(
+            isinstance(k, str) and type(v) is bool
+            for k, v in hub['resumed_keys'].items()):
+        raise CheckpointError(bad + 'message_hub.resumed_keys is not a '
+                              'mapping of names to bools')
+
+
 def _check_resume_parts(ckpt: dict, path: str) -> None:
     """What Runner.resume and its hooks act on, by type and range (what
     must agree with the run is in :mod:`.run_checks`)."""
@@ -306,6 +374,7 @@ def _check_resume_parts(ckpt: dict, path: str) -> None:
                         raise CheckpointError(
                             bad + f'param_schedulers[{i}].{key} is '
                             f'{value!r:.40}, not a finite real number')
+    _check_log_scalars(ckpt['message_hub'], bad)
     info = ckpt['message_hub']['runtime_info']
     for key, value in info.items():
         if not isinstance(key, str):

@@ -75,10 +75,9 @@ def main(argv: Optional[Sequence[str]] = None,
             args.data_root, num_train=args.num_train, num_val=args.num_val)
     config = config_path(CONFIG)
     max_iters = args.max_iters or Config.fromfile(config).train_cfg.max_iters
-    options = [
-        f'{k}.dataset.data_root={args.data_root}/'
-        for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')
-    ] + [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+    # One setting: the tools move every path built from the config's
+    # data_root (mmdet_gc.cli.config.move_data_root).
+    options = [f'data_root={osp.join(args.data_root, "")}']
     command = [sys.executable, '-m', 'mmdet_gc']
     try:
         _run([

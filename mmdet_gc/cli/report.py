@@ -5,14 +5,17 @@
 
 Prints the paper-style markdown table (box / mask AP, AP50, AP75, APs, APm,
 APl, in %) from each run's tools/test.py metrics, or its last validation,
-and draws training-loss and AP curves with matplotlib.
+with each run's optimizer and lr (from the config MMEngine dumped into the
+work dir), and a row per later run of its difference to the first, in AP
+points; draws training-loss and AP curves with matplotlib, one colour per
+run. A work dir is untrusted input: what is malformed, or too large to
+draw, is skipped with one warning line.
 """
 import argparse
 import sys
 from typing import Optional, Sequence
 
-from mmdet_gc.study.report import (ReportError, markdown_table, plot_curves,
-                                   read_run)
+from mmdet_gc.study import ReportError, markdown_table, plot_curves, read_run
 
 
 def main(argv: Optional[Sequence[str]] = None,
@@ -46,7 +49,11 @@ def main(argv: Optional[Sequence[str]] = None,
                 'evaluated); its row is empty',
                 file=sys.stderr)
     if args.plot:
-        plot_curves(runs, args.plot)
+        try:
+            plot_curves(runs, args.plot)
+        except OSError as e:
+            sys.exit(f'{tool}: error: {args.plot}: cannot write it '
+                     f'({e.strerror or e})')
         print(f'\ncurves: {args.plot}')
 
 

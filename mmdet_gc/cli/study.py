@@ -34,11 +34,10 @@ import sys
 from typing import Optional, Sequence
 
 import mmdet_gc  # noqa: F401
-from mmdet_gc.cli.runner import (CfgOptions, apply_gc, merge_options,
-                                 read_config)
-from mmdet_gc.study import (Plan, execute, make_arms, run_name, tool_command,
-                            write_report)
-from mmdet_gc.study.report import ReportError
+from mmdet_gc.cli.args import CfgOptions
+from mmdet_gc.cli.config import apply_gc, merge_options, read_config
+from mmdet_gc.study import (Plan, ReportError, execute, make_arms, run_name,
+                            tool_command, write_report)
 from mmdet_gc.utils import InputError
 
 

@@ -14,10 +14,13 @@ from mmengine.config import Config, ConfigDict
 
 import mmdet_gc  # noqa: F401  (GC optimizers, PlainCheckpointHook)
 from mmdet_gc.checkpoint import CheckpointDoor
-from mmdet_gc.cli.runner import (InputError, add_runner_args,
-                                 build_run_or_fail, check_checkpoint,
-                                 check_dataset_paths, load_config,
-                                 prepare_or_exit, run_through_door)
+from mmdet_gc.cli.args import add_runner_args
+from mmdet_gc.cli.build_checks import build_run_or_fail, check_run_parts
+from mmdet_gc.cli.checkpoint_checks import check_checkpoint
+from mmdet_gc.cli.config import load_config
+from mmdet_gc.cli.data_checks import check_dataset_paths
+from mmdet_gc.cli.launch import prepare_or_exit, run_through_door
+from mmdet_gc.utils import InputError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -80,6 +83,7 @@ def build_cfg(args: argparse.Namespace,
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise InputError(f'--out must be a .pkl or .pickle file: {args.out}')
     cfg = load_config(args)
+    check_run_parts(cfg)
     build_run_or_fail(cfg, optimizer=False)
     check_checkpoint(
         door, args.checkpoint, 'test', trust=args.trust_checkpoint)

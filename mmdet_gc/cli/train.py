@@ -18,11 +18,16 @@ import mmdet_gc  # noqa: F401  (registers the GC optimizers)
 from mmdet_gc.checkpoint import (CheckpointDoor, CheckpointError,
                                  check_resume_against_run,
                                  take_config_settings)
-from mmdet_gc.cli.runner import (
-    InputError, add_runner_args, apply_gc, build_run_or_fail, check_checkpoint,
-    check_dataset_paths, check_optimizer, check_prefix, check_train_loop,
-    latest_checkpoint, load_config, make_resumable, prepare_or_exit,
-    pretrained_sources, run_through_door)
+from mmdet_gc.cli.args import add_runner_args
+from mmdet_gc.cli.build_checks import (build_run_or_fail, check_optimizer,
+                                       check_run_parts)
+from mmdet_gc.cli.checkpoint_checks import (check_checkpoint, check_prefix,
+                                            latest_checkpoint,
+                                            pretrained_sources)
+from mmdet_gc.cli.config import apply_gc, load_config, make_resumable
+from mmdet_gc.cli.data_checks import check_dataset_paths
+from mmdet_gc.cli.launch import prepare_or_exit, run_through_door
+from mmdet_gc.utils import InputError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
@@ -71,7 +76,7 @@ def build_cfg(args: argparse.Namespace,
     InputError on bad input."""
     cfg = load_config(args)
     make_resumable(cfg)
-    check_train_loop(cfg)
+    check_run_parts(cfg)
     if args.gc:
         apply_gc(cfg, args.gc)
     check_optimizer(cfg)
@@ -86,9 +91,9 @@ def build_cfg(args: argparse.Namespace,
         cfg.optim_wrapper.loss_scale = 'dynamic'
 
     if args.auto_scale_lr:
-        if 'auto_scale_lr' in cfg and \
-                'enable' in cfg.auto_scale_lr and \
-                'base_batch_size' in cfg.auto_scale_lr:
+        scale = cfg.get('auto_scale_lr')
+        if isinstance(scale, dict) and 'enable' in scale and \
+                'base_batch_size' in scale:
             cfg.auto_scale_lr.enable = True
         else:
             raise InputError('Can not find "auto_scale_lr" or '

@@ -19,6 +19,10 @@ import numpy as np
 #: The class names, in category-id order (ids start at 1 as in COCO).
 CLASSES = ('square', 'disc', 'triangle')
 
+#: The same classes under COCO names (``like_coco``), so that a stock
+#: MMDetection COCO config, with its 80 classes, trains on them.
+COCO_NAMES = ('tv', 'sports ball', 'kite')
+
 # A distinct mean colour per class (BGR), jittered per instance.
 _COLOURS = ((40, 40, 220), (220, 60, 40), (40, 200, 60))
 
@@ -79,11 +83,15 @@ def make_synthetic_coco(out_dir: str,
                         num_val: int = 50,
                         size: int = 128,
                         max_objects: int = 3,
-                        seed: int = 0) -> Dict[str, str]:
+                        seed: int = 0,
+                        like_coco: bool = False) -> Dict[str, str]:
     """Write ``train`` and ``val`` splits in COCO format under ``out_dir``.
 
-    Layout: ``annotations/instances_{split}.json`` and ``{split}/*.png``.
-    The same arguments always write the same files.
+    Layout: ``annotations/instances_{split}.json`` and ``{split}/*.png``;
+    with ``like_coco``, COCO 2017's (``train2017``, ``val2017``) and class
+    names (:data:`COCO_NAMES`), so that a stock MMDetection COCO config
+    reads it with ``--cfg-options data_root=...`` alone. The same
+    arguments always write the same files.
 
     Args:
         out_dir (str): Dataset root.
@@ -92,6 +100,8 @@ def make_synthetic_coco(out_dir: str,
         size (int): Image side in pixels. Defaults to 128.
         max_objects (int): Most shapes per image. Defaults to 3.
         seed (int): Random seed. Defaults to 0.
+        like_coco (bool): COCO 2017's layout and class names. Defaults to
+            False.
 
     Returns:
         dict[str, str]: Annotation file of each split.
@@ -103,12 +113,14 @@ def make_synthetic_coco(out_dir: str,
     rng = np.random.default_rng(seed)
     categories = [
         dict(id=i + 1, name=name, supercategory='shape')
-        for i, name in enumerate(CLASSES)
+        for i, name in enumerate(COCO_NAMES if like_coco else CLASSES)
     ]
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
     ann_id = 1
+    suffix = '2017' if like_coco else ''
     for split, count in (('train', num_train), ('val', num_val)):
+        split += suffix
         os.makedirs(osp.join(out_dir, split), exist_ok=True)
         images, annotations = [], []
         for i in range(count):
@@ -127,5 +139,5 @@ def make_synthetic_coco(out_dir: str,
                     images=images,
                     annotations=annotations,
                     categories=categories), f)
-        ann_files[split] = ann_file
+        ann_files[split[:len(split) - len(suffix)]] = ann_file
     return ann_files

@@ -12,7 +12,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from . import fused as _fused
 from .base import GCOptimizer, check_non_negative
-from .gc import (choose_kernel, has_complex, split_step,
+from .gc import (choose_kernel, has_complex, split_step, take,
                  torch_step_on_centralized)
 
 
@@ -226,7 +226,7 @@ def _fused_adagrad_gc(params: List[Tensor], grads: List[Tensor],
             kw = dict(hyper, weight_decay=0., maximize=False) if gc_on \
                 else hyper
             _torch_adagrad(
-                *([lst[i] for i in idx] for lst in lists),
+                *(take(lst, idx) for lst in lists),
                 fused=True,
                 grad_scale=grad_scale,
                 found_inf=found_inf,
@@ -238,10 +238,10 @@ def _fused_adagrad_gc(params: List[Tensor], grads: List[Tensor],
             'the single-tensor kernel',
             'Adagrad fused=True',
             unavailable=False)
-    unscaled = _fused.host_unscale([grads[i] for i in rest], grad_scale,
+    unscaled = _fused.host_unscale(take(grads, rest), grad_scale,
                                    found_inf) if rest else None
     if unscaled is not None:
-        sub = [[lst[i] for i in rest] for lst in lists]
+        sub = [take(lst, rest) for lst in lists]
         sub[1] = unscaled
-        _single_tensor_adagrad_gc(*sub, [centralized[i] for i in rest], None,
-                                  None, **hyper)
+        _single_tensor_adagrad_gc(*sub, take(centralized, rest), None, None,
+                                  **hyper)

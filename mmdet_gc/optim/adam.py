@@ -35,7 +35,8 @@ from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
 from .gc import (add_scaled_, centralized_grads, choose_kernel, decayed_grad,
                  foreach_centralize, foreach_decayed_grads, foreach_row_means,
-                 has_complex, row_mean, split_step, torch_step_on_centralized)
+                 has_complex, row_mean, split_step, take,
+                 torch_step_on_centralized)
 
 
 def _check_betas(betas: Tuple[Any, Any], foreach: Optional[bool],
@@ -554,9 +555,7 @@ def _foreach_add_scaled_(tensors: List[Tensor], others: List[Tensor],
     for i, scale in enumerate(scales):
         by_scale.setdefault(scale, []).append(i)
     for scale, idx in by_scale.items():
-        torch._foreach_add_([tensors[i] for i in idx],
-                            [others[i] for i in idx],
-                            alpha=scale)
+        torch._foreach_add_(take(tensors, idx), take(others, idx), alpha=scale)
 
 
 def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
@@ -624,7 +623,7 @@ def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
         idx = [i for i, h in enumerate(how) if h == key]
         if not idx:
             continue
-        sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+        sub = [take(lst, idx) for lst in lists]
         if key == 'gc':
             _fused.module().adam_gc_(*sub, gc_on_update, decoupled,
                                      hyper['amsgrad'], beta1, beta2, lr,
@@ -632,8 +631,8 @@ def _fused_adam_gc(params: List[Tensor], grads: List[Tensor],
         elif key == 'torch':
             _torch_plain(sub, decoupled, hyper, foreach=False, fused=True)
         else:
-            _single_tensor_adam_gc(*sub, [centralized[i] for i in idx], None,
-                                   None, **modes, **hyper)
+            _single_tensor_adam_gc(*sub, take(centralized, idx), None, None,
+                                   **modes, **hyper)
 
 
 def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
@@ -656,10 +655,10 @@ def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
             'fused=True with GC on the update',
             unavailable=False)
         how = ['update' if i in update else h for i, h in enumerate(how)]
-        unscaled = _fused.host_unscale([grads[i] for i in update], grad_scale,
-                                       found_inf)
+        unscaled = _fused.host_unscale(
+            take(grads, update), grad_scale, found_inf)
         if unscaled is not None:
-            sub = [[lst[i] for i in update] if lst else [] for lst in lists]
+            sub = [take(lst, update) for lst in lists]
             sub[1] = unscaled
             _foreach_adam_gc_centralized(
                 *sub,
@@ -682,7 +681,7 @@ def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
         ]
         if not idx:
             continue
-        sub = [[lst[i] for i in idx] if lst else [] for lst in lists]
+        sub = [take(lst, idx) for lst in lists]
         kw = dict(
             hyper,
             maximize=False,
@@ -690,13 +689,14 @@ def _torch_fused_adam_gc(lists: List[list], centralized: List[bool],
             if gc_on else hyper
         _torch_plain(sub, decoupled, kw, foreach=False, fused=True, **amp)
     rest = [i for i, h in enumerate(how) if h == 'spec']
-    unscaled = _fused.host_unscale([lists[1][i] for i in rest], grad_scale,
-                                   found_inf) if rest else None
+    unscaled = _fused.host_unscale(
+        take(lists[1], rest), grad_scale, found_inf) if rest else None
     if unscaled is not None:
-        sub = [[lst[i] for i in rest] if lst else [] for lst in lists]
+        sub = [take(lst, rest) for lst in lists]
         sub[1] = unscaled
         _single_tensor_adam_gc(
-            *sub, [centralized[i] for i in rest],
+            *sub,
+            take(centralized, rest),
             None,
             None,
             gc_on_update=gc_on_update,

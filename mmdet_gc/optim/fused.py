@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from ..utils.messages import first_line
-from .gc import centralized_grads, cuda_paths_on_cpu
+from .gc import centralized_grads, cuda_paths_on_cpu, grad_copies, take
 
 #: Set to ``1`` to never build or load the kernel (``fused=True`` then
 #: falls back to the Python kernels).
@@ -380,14 +380,14 @@ def torch_fused_grads(params: Sequence[Tensor], grads: Sequence[Tensor],
             i for i, h in enumerate(how) if h == 'torch' and not centralized[i]
         ]
         if plain:
-            copies = torch._foreach_mul([grads[i] for i in plain], 1.)
+            copies = grad_copies(take(grads, plain))
             for i, copy in zip(plain, copies):
                 grads[i] = copy
     idx = [i for i, h in enumerate(how) if h == 'torch' and centralized[i]]
     if not idx:
         return grads
     grouped = torch.optim.Optimizer._group_tensors_by_device_and_dtype(
-        [[params[i] for i in idx], [grads[i] for i in idx]], with_indices=True)
+        [take(params, idx), take(grads, idx)], with_indices=True)
     for (dev_params, dev_grads), indices in grouped.values():
         scratch = centralized_grads(dev_params, dev_grads, weight_decay,
                                     maximize, True, grad_scale)

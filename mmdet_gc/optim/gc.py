@@ -263,6 +263,19 @@ def default_foreach(params: Sequence[Tensor]) -> bool:
     return foreach
 
 
+def take(lst: Sequence, idx: Sequence[int]) -> list:
+    """The entries of ``lst`` at ``idx``; an empty list (torch's "unused",
+    e.g. ``max_exp_avg_sqs`` without amsgrad) stays empty."""
+    return [lst[i] for i in idx] if lst else []
+
+
+def grad_copies(grads: Sequence[Tensor]) -> List[Tensor]:
+    """Copies of ``grads`` (``x * 1`` is exact; one launch) for a torch
+    kernel that writes into its gradient list, so that ``p.grad`` is never
+    modified."""
+    return torch._foreach_mul(list(grads), 1.)
+
+
 def partition(mask: Sequence[bool], *lists: Sequence):
     """Split parallel lists into the entries where ``mask`` holds and not.
 
@@ -276,8 +289,7 @@ def partition(mask: Sequence[bool], *lists: Sequence):
     out = []
     for want in (True, False):
         idx = [i for i, m in enumerate(mask) if bool(m) is want]
-        out.append(
-            (idx, [[lst[i] for i in idx] if lst else [] for lst in lists]))
+        out.append((idx, [take(lst, idx) for lst in lists]))
     return tuple(out)
 
 

@@ -25,7 +25,7 @@ from . import fused as _fused
 from .base import GCOptimizer, check_non_negative, scalar
 from .gc import (add_scaled_, centralized_grad, centralized_grads,
                  choose_kernel, decoupled_decay_, foreach_add_scaled_,
-                 split_step)
+                 grad_copies, split_step, take)
 
 
 class SGD_GC(GCOptimizer):
@@ -297,7 +297,7 @@ def _torch_plain(lists: List[list], foreach: bool, hyper: dict,
         # torch's foreach SGD adds the momentum into the gradient list in
         # place in exactly this case: give it copies (x * 1 is exact), so
         # that p.grad stays untouched.
-        lists[1] = torch._foreach_mul(lists[1], 1.)
+        lists[1] = grad_copies(lists[1])
     _torch_sgd(*lists, foreach=foreach, **kw, **hyper)
 
 
@@ -421,17 +421,17 @@ def _fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
     k_idx = [i for i, h in enumerate(how) if h == 'gc']
     if k_idx:
         new_bufs = _fused.module().sgd_gc_(
-            _take(params, k_idx),
-            _take(grads, k_idx), _take(bufs, k_idx), weight_decay, momentum,
+            take(params, k_idx),
+            take(grads, k_idx), take(bufs, k_idx), weight_decay, momentum,
             scalar(lr), dampening, nesterov, maximize, 1.)
         for i, buf in zip(k_idx, new_bufs):
             momentum_buffer_list[i] = buf
     # The rest: the specification, and torch's fused kernel in groups it
     # takes whole (all or none of its buffers made).
     for key, idx in _by_kernel(how, bufs, ('spec', 'torch')).items():
-        sub = [_take(lst, idx) for lst in lists]
+        sub = [take(lst, idx) for lst in lists]
         if key == 'spec':
-            _single_tensor_sgd_gc(*sub, _take(centralized, idx), None, None,
+            _single_tensor_sgd_gc(*sub, take(centralized, idx), None, None,
                                   **hyper)
         else:
             _torch_sgd(*sub, foreach=False, fused=True, **hyper)
@@ -484,14 +484,14 @@ def _torch_fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
                                      grad_scale)
     lists = [params, grads, momentum_buffer_list]
     for key, idx in _by_kernel(how, bufs, ('torch', )).items():
-        sub = [_take(lst, idx) for lst in lists]
+        sub = [take(lst, idx) for lst in lists]
         for gc_on in (True, False):
             part = [
                 j for j, i in enumerate(idx) if bool(centralized[i]) is gc_on
             ]
             if not part:
                 continue
-            one = [_take(lst, part) for lst in sub]
+            one = [take(lst, part) for lst in sub]
             kw = dict(hyper, weight_decay=0., maximize=False) if gc_on \
                 else hyper
             _torch_sgd(
@@ -505,19 +505,12 @@ def _torch_fused_sgd_gc(params: List[Tensor], grads: List[Tensor],
                 for j, buf in zip(part, one[2]):
                     momentum_buffer_list[idx[j]] = buf
     rest = [i for i, h in enumerate(how) if h == 'spec']
-    unscaled = _fused.host_unscale(_take(grads, rest), grad_scale,
+    unscaled = _fused.host_unscale(take(grads, rest), grad_scale,
                                    found_inf) if rest else None
     if unscaled is not None:  # None: nothing to do, or a skipped step
-        sub = [
-            _take(params, rest), unscaled,
-            _take(momentum_buffer_list, rest)
-        ]
-        _single_tensor_sgd_gc(*sub, _take(centralized, rest), None, None,
+        sub = [take(params, rest), unscaled, take(momentum_buffer_list, rest)]
+        _single_tensor_sgd_gc(*sub, take(centralized, rest), None, None,
                               **hyper)
         if momentum != 0:
             for i, buf in zip(rest, sub[2]):
                 momentum_buffer_list[i] = buf
-
-
-def _take(lst: Sequence, idx: Sequence[int]) -> list:
-    return [lst[i] for i in idx] if lst else []

@@ -1,23 +1,15 @@
 """Planning and running paired GC studies: arms x seeds over one config.
 
-Gradient Centralization: Yong et al., ECCV 2020 (arXiv:2004.01461). The
-paper reports +0.4 to +0.9 COCO AP; detection AP moves by about as much
-from seed to seed, so one pair of runs says little. A study trains every
-arm (the config as it is, ``--gc`` arms, optionally at other learning
-rates) with the same seeds, so that paired runs differ in GC only
-(:class:`Plan`, :func:`execute`); :mod:`.stats` reads and reports them.
-
-Layout of a study's work dir: ``WORK/<arm>/seed<N>/`` is one
-``mmdet-gc train`` run; its ``shift<OFFSET>/`` subfolders hold the
-``mmdet-gc test`` evaluations of the final checkpoint under brightness
-offsets (``shift0`` is the plain test); ``row_mean_drift.json`` (from
-:class:`~mmdet_gc.engine.hooks.RowMeanDriftHook`) the drift of the weight
-row means; ``train.done`` / ``train.failed`` mark how training ended.
+The paper reports +0.4 to +0.9 COCO AP; detection AP moves by about as
+much from seed to seed, so one pair of runs says little. A study trains
+every arm (the config as it is, ``--gc`` arms, optionally at other
+learning rates, :mod:`.arms`) with the same seeds, so that paired runs
+differ in GC only (:class:`Plan`, :func:`execute`); :mod:`.reading` reads
+them back, :mod:`.stats` computes their statistics and :mod:`.writing`
+writes the report.
 """
-import math
 import os
 import os.path as osp
-import re
 import shlex
 import subprocess
 import sys
@@ -25,83 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .report import Skips
-
-#: A run's folder, as :func:`run_dir` names it.
-SEED_DIR = re.compile(r'seed(0|[1-9][0-9]*)')
-#: An arm at a learning rate of its own, as :attr:`Arm.name` spells it.
-ARM_LR = re.compile(r'(.+)_lr([^_]+)')
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm of a study: the config's optimizer or a GC one, at the
-    config's lr or another."""
-    gc: Optional[str] = None
-    lr: Optional[float] = None
-
-    @property
-    def family(self) -> str:
-        """``base`` or the GC optimizer's name: the arm at any lr."""
-        return self.gc or 'base'
-
-    @property
-    def name(self) -> str:
-        return self.family if self.lr is None else \
-            f'{self.family}_lr{self.lr:g}'
-
-    @classmethod
-    def from_name(cls, name: str) -> 'Arm':
-        """The arm that :attr:`name` names: ``base``, ``SGD_GC``,
-        ``SGD_GC_lr0.08``; any other folder name is an arm at the config's
-        lr."""
-        match = ARM_LR.fullmatch(name)
-        family, lr = name, None
-        if match:
-            try:
-                value = float(match.group(2))
-            except ValueError:
-                value = math.nan
-            if 0 < value < math.inf and f'{value:g}' == match.group(2):
-                family, lr = match.group(1), value
-        return cls(None if family == 'base' else family, lr)
-
-
-def make_arms(gc: Sequence[str], lrs: Sequence[float] = ()) -> List[Arm]:
-    """The base arm and one arm per ``--gc`` name, at the config's lr and at
-    each of ``lrs``."""
-    out = []
-    for lr in [None, *lrs]:
-        out += [Arm(None, lr)] + [Arm(g, lr) for g in gc]
-    return out
-
-
-def run_name(arm: Arm, seed: int) -> str:
-    """``ARM:SEED``, how ``--only`` names one run."""
-    return f'{arm.name}:{seed}'
-
-
-def run_dir(work: str, arm: Arm, seed: int) -> str:
-    return osp.join(work, arm.name, f'seed{seed}')
-
-
-def shift_dir(run: str, shift: float) -> str:
-    return osp.join(run, f'shift{shift:g}')
-
-
-def _last_checkpoint(run: str) -> Optional[str]:
-    path = osp.join(run, 'last_checkpoint')
-    if not osp.isfile(path):
-        return None
-    with Skips(path) as skips:
-        try:
-            with open(path, 'rb') as f:
-                ckpt = f.read().decode().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            skips.skip_all(f'cannot read a path in it ({e})')
-            return None
-    # isfile: False for a path with a NUL byte too.
-    return ckpt if osp.isfile(ckpt) else None
+from .arms import Arm, run_dir, run_name, shift_dir
+from .reading import last_checkpoint
 
 
 def tool_command(command: str, *args: str) -> List[str]:
@@ -111,13 +28,14 @@ def tool_command(command: str, *args: str) -> List[str]:
     return [sys.executable, '-m', 'mmdet_gc', command, *args]
 
 
-def train_command(
-    config: str,
-    work: str,
-    arm: Arm,
-    seed: int,
-    launcher: str = 'none',
-    options: Sequence[str] = ()) -> List[str]:
+# yapf: disable
+def train_command(config: str,
+                  work: str,
+                  arm: Arm,
+                  seed: int,
+                  launcher: str = 'none',
+                  options: Sequence[str] = ()) -> List[str]:
+    # yapf: enable
     """``mmdet-gc train`` for one run; ``--resume`` when it was
     interrupted (a checkpoint but no ``train.done``)."""
     run = run_dir(work, arm, seed)
@@ -127,7 +45,7 @@ def train_command(
     cmd = tool_command('train', config, '--work-dir', run)
     if arm.gc:
         cmd += ['--gc', arm.gc]
-    if _last_checkpoint(run):
+    if last_checkpoint(run):
         cmd.append('--resume')
     if launcher != 'none':
         cmd += ['--launcher', launcher]
@@ -140,7 +58,7 @@ def test_command(config: str,
                  options: Sequence[str] = (),
                  launcher: str = 'none') -> List[str]:
     """``mmdet-gc test`` of a run's final checkpoint under one offset."""
-    ckpt = _last_checkpoint(run) or osp.join(run, 'CHECKPOINT')
+    ckpt = last_checkpoint(run) or osp.join(run, 'CHECKPOINT')
     cmd = tool_command('test', config, ckpt, '--work-dir',
                        shift_dir(run, shift))
     if shift:
