@@ -27,9 +27,13 @@ from tool_helpers import ENV, load, run_resume_cases, run_tool, tiny_config
 def server(tmp_path_factory):
     """An HTTP server on 127.0.0.1 serving a folder: ``(folder, url)``."""
     folder = tmp_path_factory.mktemp('served')
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+
+        def log_message(self, *args):
+            pass  # not into the output of a tool run in this process
+
+    handler = functools.partial(Quiet, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -68,3 +68,15 @@ def test_every_step_runs_cpu_sized(tmp_path):
     assert rows == ['SGD', 'SGD_GC']
     ops = (out / 'bench_ops.txt').read_text()
     assert re.search(r'^SGD_GC \(foreach\) +\d+ +\d+ +\d+$', ops, re.M)
+
+
+def test_the_training_tests_it_runs_exist():
+    """The tests gpu_check.sh names on a GPU are the suite's own (a renamed
+    test would otherwise be missed only on a lent GPU)."""
+    text = open(SCRIPT).read()
+    block = re.search(r'^training=\((.*?)^\)', text, re.S | re.M).group(1)
+    named = re.findall(r'(tests/\w+\.py)::(\w+)', block)
+    assert len(named) == 3
+    for path, name in named:
+        assert re.search(rf'^def {name}\(', open(osp.join(ROOT, path)).read(),
+                         re.M), f'{path}::{name}'

@@ -18,8 +18,6 @@ import os.path as osp
 import re
 from typing import List, Tuple
 
-import pytest
-
 from mmdet_gc.study import read_study, summarize
 
 from tool_helpers import ROOT
@@ -320,12 +318,12 @@ def check_doc(text: str, report: dict) -> List[Tuple[int, int]]:
     return checked
 
 
-@pytest.mark.parametrize(
-    'path', [STORED, MEASURED], ids=['stored', 'measured'])
-def test_the_docs_study_figures_match_the_report(path):
-    if not osp.isfile(path):
-        pytest.skip(f'no {osp.relpath(path, ROOT)}: run make study study-lr')
-    check_doc(open(DOC).read(), json.load(open(path)))
+def test_the_docs_study_figures_match_the_report():
+    """Against the stored report; and, where ``make study study-lr`` has
+    run here, against the report it measured."""
+    check_doc(open(DOC).read(), json.load(open(STORED)))
+    if osp.isfile(MEASURED):
+        check_doc(open(DOC).read(), json.load(open(MEASURED)))
 
 
 def test_editing_any_checked_figure_fails():

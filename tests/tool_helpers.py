@@ -76,19 +76,22 @@ TOOLS = {
     'tools/gc_report.py': 'mmdet_gc.cli.report',
     'tools/gc_study.py': 'mmdet_gc.cli.study',
     'tools/convert_checkpoint.py': 'mmdet_gc.cli.convert',
+    'tools/demo.py': 'mmdet_gc.cli.demo',
 }
 
 
-def run_tool(*args, ok=True, env=None, in_process=None):
+def run_tool(*args, ok=True, env=None, in_process=True):
     """``python *args`` from the checkout, as a finished process.
 
-    A run expected to fail (``ok=False``) runs in this process by default
-    (``in_process``): the tools refuse bad input before any work, so the
-    seconds of a fresh interpreter importing mmdet buy nothing there. A
-    refusal that is not one line (an exception out of ``main``) raises
-    here instead of exiting.
+    A tool (``tools/*.py``, ``-m mmdet_gc``) runs in this process unless
+    ``in_process`` is False: a fresh interpreter spends seconds importing
+    mmdet, which every one of the suite's tool runs would pay again. It
+    runs as in its own process (one intra-op thread, as ``ENV``'s
+    ``OMP_NUM_THREADS=1``; the environment, working directory and loggers
+    of the run its own), so runs compare bit for bit either way. An
+    exception out of ``main`` (a traceback, where a tool must give one
+    line) raises here.
     """
-    in_process = not ok if in_process is None else in_process
     if in_process and args[0] in TOOLS:
         return _run_in_process(TOOLS[args[0]], args[0], args[1:], env)
     if in_process and args[:2] == ('-m', 'mmdet_gc'):
@@ -104,23 +107,42 @@ def run_tool(*args, ok=True, env=None, in_process=None):
     return proc
 
 
+def _managed_classes():
+    """Every class of MMEngine's ``ManagerMixin`` (named global instances:
+    loggers, message hubs, visualizers, scopes)."""
+    from mmengine.utils import ManagerMixin
+    found, todo = [], [ManagerMixin]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if '_instance_dict' in vars(cls):
+            found.append(cls)
+    return found
+
+
 def _run_in_process(module, prog, argv, env):
     """``module.main(argv, prog=prog)`` with ``env`` as the environment and
     the checkout as the working directory, its exit and output captured as
     a :class:`subprocess.CompletedProcess`."""
     import contextlib
+    import gc
     import importlib
     import io
 
     import torch._dynamo
+    from mmengine.logging import MMLogger
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     cache_limit = torch._dynamo.config.cache_size_limit
+    threads = torch.get_num_threads()
+    managed = {cls: set(cls._instance_dict) for cls in _managed_classes()}
     code = 0
     try:
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(env)
+        torch.set_num_threads(1)
+        # ENV as a subprocess gets it: the processes a tool starts (a
+        # study's runs) see one thread, as everywhere in the suite.
+        os.environ.clear()
+        os.environ.update(env or ENV)
         os.chdir(ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -137,6 +159,17 @@ def _run_in_process(module, prog, argv, env):
         os.environ.clear()
         os.environ.update(saved_env)
         torch._dynamo.config.cache_size_limit = cache_limit
+        torch.set_num_threads(threads)
+        # The run's loggers, message hubs, visualizers and scopes go with
+        # it: a later run of the same name must not write to this one's
+        # output or work dir.
+        for cls in _managed_classes():
+            for name in set(cls._instance_dict) - managed.get(cls, set()):
+                instance = cls._instance_dict.pop(name)
+                if isinstance(instance, MMLogger):
+                    for handler in instance.handlers:
+                        handler.close()
+        gc.collect()  # the run's model and dataloader, now
     return subprocess.CompletedProcess([prog, *argv], code, out.getvalue(),
                                        err.getvalue())
 

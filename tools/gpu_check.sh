@@ -82,7 +82,7 @@ else
     limits=(300 0 300 300 120)
 fi
 training=(
-    tests/test_tools.py::test_train_then_test_reports_coco_box_and_mask_ap
+    tests/test_tools.py::test_train_then_test_reports_an_ap_only_learning_reaches
     tests/test_tools.py::test_resume_continues_exactly
     tests/test_tools.py::test_amp
 )

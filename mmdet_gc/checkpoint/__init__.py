@@ -7,6 +7,8 @@
 - :mod:`.reader`: :func:`read_checkpoint`, the one ``torch.load`` (with
   ``weights_only=True`` and, for one load at a time, the stand-ins of
   :mod:`.stock`), and the checks of what MMEngine reads;
+- :mod:`.nesting`: how deeply a file's pickle nests, measured before
+  ``torch.load`` (a key nested too deeply crashes it);
 - :mod:`.stock`: stock MMEngine files (``HistoryBuffer``, numpy) as data;
 - :mod:`.run_checks`: what ``--resume`` acts on, against the run's objects;
 - :mod:`.plain`: our runs' checkpoints as plain data that stock

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
+from torch.hub import HASH_REGEX
 
 from ..utils.messages import first_line
 from .errors import CheckpointError
@@ -107,13 +108,17 @@ def download(url: str,
 def _checked_download(url: str, dst: str, verify: Callable[[str], dict],
                       cache: bool) -> Tuple[dict, Optional[str]]:
     """:func:`download` on one process."""
-    if osp.exists(dst):  # a cache hit: the same checks as a download
+    # A cache hit: the same checks as a download. A name ending in .part is
+    # never one: it could be what a process that died left half written.
+    if osp.exists(dst) and not dst.endswith(PART):
         check_hash(dst, dst, "removed from torch's hub cache")
         return verify(dst), None
-    os.makedirs(osp.dirname(dst), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=osp.dirname(dst), prefix=osp.basename(dst) + '.', suffix='.part')
-    os.close(fd)
+    folder = osp.dirname(dst)
+    with cache_errors(url, folder):
+        os.makedirs(folder, exist_ok=True)
+        # A short name of its own: the URL's can be as long as a name may.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.', suffix=PART)
+        os.close(fd)
     try:
         try:
             fetch(url, tmp)
@@ -130,29 +135,53 @@ def _checked_download(url: str, dst: str, verify: Callable[[str], dict],
             ckpt = verify(tmp)
         except CheckpointError as e:  # name the file, not its temporary
             raise CheckpointError(str(e).replace(tmp, dst)) from None
-        os.replace(tmp, dst)  # atomic: whole and checked, or not there
+        with cache_errors(url, dst):
+            os.replace(tmp, dst)  # atomic: whole and checked, or not there
     finally:
-        if osp.exists(tmp):
+        with contextlib.suppress(OSError):  # never hide why it failed
             os.remove(tmp)
     return ckpt, dst if cache else None
 
 
-#: A file name that carries a sha256 prefix, as torch hub's and
-#: OpenMMLab's ``name-<prefix>.pth`` (``resnet50-0676ba61.pth``): 8 to 64
-#: lowercase hex digits after the last ``-``, before the extension.
-HASHED_NAME = re.compile(r'-([0-9a-f]{8,64})\.[^-]*$')
+#: The suffix of a download on its way into the cache.
+PART = '.part'
+
+
+@contextlib.contextmanager
+def cache_errors(source: str, path: str) -> Iterator[None]:
+    """An ``OSError`` on ``path`` in torch's hub cache (a folder that is a
+    file or is read-only, an unreadable file, a name too long...) as the
+    door's one line."""
+    try:
+        yield
+    except OSError as e:
+        raise CheckpointError(
+            f"checkpoint {source}: torch's hub cache cannot be used at {path} "
+            f'({e.strerror or first_line(e)})') from None
+
+
+#: The fewest hex digits of a hash prefix: torch hub's and OpenMMLab's
+#: file names carry 8 (``resnet50-0676ba61.pth``).
+MIN_HASH = 8
 
 
 def hash_prefix(name: str) -> Optional[str]:
-    """The sha256 prefix the file name ``name`` carries, or None."""
-    found = HASHED_NAME.search(osp.basename(name))
-    return found.group(1) if found else None
+    """The sha256 prefix torch's hub reads from the file name ``name``
+    (``resnet50-0676ba61.pth``): what its ``HASH_REGEX``,
+    ``-([a-f0-9]*)\\.``, first finds in the base name, as
+    ``load_state_dict_from_url(check_hash=True)`` does, where it has the
+    :data:`MIN_HASH` hex digits of torch hub's and OpenMMLab's names (so
+    that ``resnet-18.pth`` names no hash); or None. Uppercase hex is not a
+    prefix (to torch neither)."""
+    found = HASH_REGEX.search(osp.basename(name))
+    return found.group(1) if found and len(found.group(1)) >= MIN_HASH \
+        else None
 
 
 def check_hash(path: str, name: str, fate: str) -> None:
     """Refuse ``path`` (the file ``name``, in the hub cache or on its
     way there) and remove it where the name carries a sha256 prefix
-    (:data:`HASHED_NAME`) that its bytes do not have: a tampered or
+    (:func:`hash_prefix`) that its bytes do not have: a tampered or
     truncated download, or another file cached under that name.
     ``torch.hub`` checks this on download only, and only with
     ``check_hash``; MMEngine not at all.
@@ -162,15 +191,16 @@ def check_hash(path: str, name: str, fate: str) -> None:
             ``fate`` (what became of the file).
     """
     prefix = hash_prefix(name)
-    if prefix is None or not osp.isfile(path):
-        return  # no prefix; or no file, which the read refuses
+    if not prefix or not osp.isfile(path):
+        return  # none (or empty); or no file, which the read refuses
     digest = hashlib.sha256()
-    with open(path, 'rb') as f:
+    with cache_errors(name, path), open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(2**20), b''):
             digest.update(chunk)
     actual = digest.hexdigest()
     if not actual.startswith(prefix):
-        os.remove(path)
+        with cache_errors(name, path):
+            os.remove(path)
         raise CheckpointError(
             f'checkpoint {name} is refused: its sha256 is {actual}, not '
             f'one that starts with {prefix} as its name says ({fate})')
@@ -428,13 +458,23 @@ class CheckpointDoor:
             try:
                 self._check(ckpt, source, resume)
             except CheckpointError:
-                # Refused now (say, for a resume): not kept in the cache.
-                fetched = self._fetched.pop(source, None)
-                if fetched is not None and osp.exists(fetched):
-                    os.remove(fetched)
+                self.discard(source)  # refused now (say, for a resume)
                 raise
         self._checked[source] = ckpt
         return ckpt
+
+    def discard(self, source: str) -> None:
+        """Forget ``source``, and remove the file its read put in torch's
+        hub cache: a check after :meth:`read` refused it (a ``--resume``
+        whose counters or settings do not fit the run, an ``init_cfg``
+        prefix the file lacks), so a later source of that file name must
+        not be served it. Only a download of this door is removed, never a
+        file the cache held before."""
+        self._checked.pop(source, None)
+        fetched = self._fetched.pop(source, None)
+        if fetched is not None:
+            with contextlib.suppress(OSError):  # the refusal is the news
+                os.remove(fetched)
 
     def load(self, filename: str, map_location: Any = None) -> dict:
         """The loader MMEngine calls for every scheme while the door is

@@ -7,8 +7,10 @@ so that stock ``torch.load`` loads the file, and :func:`from_plain` turns
 them back, checking every marked dict, so that ``--resume`` is bit for bit
 (:class:`~mmdet_gc.engine.hooks.PlainCheckpointHook` applies both).
 """
+import contextlib
 from collections import OrderedDict
-from typing import Any, Dict
+from contextvars import ContextVar
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -44,6 +46,43 @@ def key_label(key: Any) -> str:
     return repr(text[:40]) + ('...' if len(text) > 40 else '')
 
 
+class CopyBudgetError(ValueError):
+    """More bytes copied while one file is decoded than its
+    :func:`copy_budget` allows."""
+
+
+# What the read in progress may still copy (None: no read, no limit).
+_COPY_BUDGET: ContextVar[Optional[List[int]]] = ContextVar(
+    'mmdet_gc_copy_budget', default=None)
+
+
+@contextlib.contextmanager
+def copy_budget(nbytes: int) -> Iterator[None]:
+    """Within the block, the decoding of one file may copy ``nbytes`` in
+    all (:func:`charge_copy`): a small file can reference one array or
+    storage many times over, and every copy per reference would turn
+    kilobytes into gigabytes."""
+    token = _COPY_BUDGET.set([nbytes])
+    try:
+        yield
+    finally:
+        _COPY_BUDGET.reset(token)
+
+
+def charge_copy(nbytes: int) -> None:
+    """Count ``nbytes`` about to be copied against the :func:`copy_budget`
+    in force, if any.
+
+    Raises:
+        CopyBudgetError: The budget is spent.
+    """
+    budget = _COPY_BUDGET.get()
+    if budget is not None:
+        budget[0] -= nbytes
+        if budget[0] < 0:
+            raise CopyBudgetError('more bytes copied than the file holds')
+
+
 class DecodedCheckpoint(dict):
     """A checkpoint already decoded by the checkpoint door: every marked
     dict was rebuilt once, and must not be decoded again (an escaped marked
@@ -58,10 +97,15 @@ def _np_to_plain(arr: np.ndarray) -> Dict[str, Any]:
     return {TAG: 'ndarray', 'data': torch.from_numpy(np.array(arr))}
 
 
-def _np_from_plain(obj: dict, where: str) -> np.ndarray:
+def _np_from_plain(obj: dict, where: str, memo: Dict[int, Any]) -> np.ndarray:
+    """The array of a marked dict: decoded once per tensor (``memo``, by
+    id), so that a tensor shared by many marked dicts is one array, not a
+    copy per reference."""
     data = obj.get('data')
     if type(data) is not torch.Tensor or data.layout != torch.strided:
         raise ValueError(f'{where}: an array without tensor data')
+    if id(data) in memo:
+        return memo[id(data)]
     # What to_plain writes: a plain, contiguous tensor inside its storage
     # (a crafted one could declare terabytes over one element, or carry
     # conjugate / negative bits numpy cannot read).
@@ -70,9 +114,13 @@ def _np_from_plain(obj: dict, where: str) -> np.ndarray:
             (data.storage_offset() + data.numel()) * data.element_size():
         raise ValueError(f'{where}: an array whose tensor is not a plain, '
                          'contiguous one inside its storage')
-    arr = data.detach().cpu().numpy().copy()
-    if arr.dtype.name not in _NUMPY_DTYPES:
-        raise ValueError(f'{where}: an array of dtype {arr.dtype}')
+    if str(data.dtype).replace('torch.', '') not in _NUMPY_DTYPES:
+        # Asked first: torch's own error for bfloat16 and the like is not
+        # one of ours.
+        raise ValueError(f'{where}: an array of {data.dtype} values, '
+                         'which is not a numpy dtype')
+    charge_copy(data.numel() * data.element_size())
+    memo[id(data)] = arr = data.detach().cpu().numpy().copy()
     return arr
 
 
@@ -128,59 +176,69 @@ def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
         'and dicts')
 
 
-def from_plain(obj: Any, where: str = 'checkpoint', depth: int = 0) -> Any:
+def from_plain(obj: Any,
+               where: str = 'checkpoint',
+               depth: int = 0,
+               memo: Optional[Dict[int, Any]] = None) -> Any:
     """Undo :func:`to_plain`; safe on untrusted input.
 
     Only the three marked forms are rebuilt, from tensors of a numeric dtype
     through ``HistoryBuffer``'s own constructor: no class is looked up by a
-    name taken from the file.
+    name taken from the file. A tensor several marked dicts hold becomes
+    one array they share (``memo``: what this call decoded, by id), as
+    MMEngine's own pickle keeps a shared array shared.
 
     Raises:
         ValueError: A malformed marked dict, or nesting deeper than
             :data:`MAX_DEPTH`; the message names its path.
+        CopyBudgetError: The arrays copied exceed the :func:`copy_budget`
+            in force.
     """
     if depth > MAX_DEPTH:
         raise ValueError(f'{where}: nested deeper than {MAX_DEPTH} levels')
+    memo = {} if memo is None else memo
     if isinstance(obj, dict):
         kind = obj.get(TAG)
         if kind is None:
-            return _from_plain_items(obj, where, depth)
+            return _from_plain_items(obj, where, depth, memo)
         if kind == 'dict' and isinstance(obj.get('items'), dict):
-            return _from_plain_items(obj['items'], where, depth)
+            return _from_plain_items(obj['items'], where, depth, memo)
         if kind == 'ndarray':
-            return _np_from_plain(obj, where)
+            return _np_from_plain(obj, where, memo)
         if kind == 'numpy_scalar':
-            arr = _np_from_plain(obj, where)
+            arr = _np_from_plain(obj, where, memo)
             if arr.ndim != 0:
                 raise ValueError(f'{where}: a numpy scalar of shape '
                                  f'{arr.shape}')
             return arr[()]
         if kind == 'HistoryBuffer':
-            return _history_buffer(obj, where)
+            return _history_buffer(obj, where, memo)
         raise ValueError(f'{where}: unknown marked object {kind!r}')
     if type(obj) in (list, tuple, set):
-        return type(obj)(from_plain(v, f'{where}[{i}]', depth + 1)
+        return type(obj)(from_plain(v, f'{where}[{i}]', depth + 1, memo)
                          for i, v in enumerate(obj))
     return obj
 
 
-def _from_plain_items(obj: dict, where: str, depth: int) -> dict:
+def _from_plain_items(obj: dict, where: str, depth: int,
+                      memo: Dict[int, Any]) -> dict:
     # dict, OrderedDict or Counter: what torch rebuilds. Attributes a
     # pickle's BUILD may have set on it are not carried over.
     out = type(obj)()
     for k, v in obj.items():
-        out[k] = from_plain(v, f'{where}.{key_label(k)}', depth + 1)
+        out[k] = from_plain(v, f'{where}.{key_label(k)}', depth + 1, memo)
     return out
 
 
-def _history_buffer(obj: dict, where: str) -> Any:
+def _history_buffer(obj: dict, where: str, memo: Dict[int, Any]) -> Any:
     logs, counts, max_length = (
         obj.get(k) for k in ('log_history', 'count_history', 'max_length'))
     if not (isinstance(logs, dict) and isinstance(counts, dict)):
         raise ValueError(f'{where}: a malformed HistoryBuffer')
     return make_history_buffer(
-        _np_from_plain(logs, where + '.log_history'),
-        _np_from_plain(counts, where + '.count_history'), max_length, where)
+        _np_from_plain(logs, where + '.log_history', memo),
+        _np_from_plain(counts, where + '.count_history', memo), max_length,
+        where)
 
 
 def make_history_buffer(logs: np.ndarray, counts: np.ndarray,

@@ -25,8 +25,9 @@ import torch
 
 from ..utils.messages import first_line
 from .errors import CheckpointError, ForeignCheckpointError
-from .plain import (EXECUTED_META, DecodedCheckpoint, from_plain, key_label,
-                    to_plain)
+from .nesting import check_nesting
+from .plain import (EXECUTED_META, CopyBudgetError, DecodedCheckpoint,
+                    charge_copy, copy_budget, from_plain, key_label, to_plain)
 from .stock import StockCheckpointError, resolve, stand_ins
 
 
@@ -51,8 +52,12 @@ def check_structure(path: str) -> None:
                               'checkpoint file')
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
-    with open(path, 'rb') as f:
-        head = f.read(4)
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+    except OSError as e:  # unreadable: permissions, a vanished file...
+        raise CheckpointError(f'checkpoint {path} cannot be read '
+                              f'({e.strerror or first_line(e)})') from None
     if not head:
         raise CheckpointError(f'checkpoint {path} is an empty file')
     if head.startswith(b'PK'):
@@ -99,23 +104,29 @@ def _refuse_foreign(path: str, error: BaseException) -> ForeignCheckpointError:
         names)
 
 
-def _resolve_bits(obj: Any) -> Any:
+def _resolve_bits(obj: Any, memo: Optional[dict] = None) -> Any:
     """Tensors as values: a negative or conjugate bit (which torch.load
     keeps) resolved into a plain tensor, so no later reader of raw memory
-    sees negated values."""
+    sees negated values. Each tensor is resolved once (``memo``, by id)
+    and its copy charged to the :func:`~.plain.copy_budget`: a file can
+    reference one tensor many times over."""
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        if obj.is_neg() or obj.is_conj():
-            return obj.resolve_conj().resolve_neg()
-        return obj
+        if not (obj.is_neg() or obj.is_conj()):
+            return obj
+        if id(obj) not in memo:
+            charge_copy(obj.numel() * obj.element_size())
+            memo[id(obj)] = obj.resolve_conj().resolve_neg()
+        return memo[id(obj)]
     if isinstance(obj, dict):
         for k, v in obj.items():
-            obj[k] = _resolve_bits(v)
+            obj[k] = _resolve_bits(v, memo)
         return obj
     if type(obj) is list:
-        obj[:] = [_resolve_bits(v) for v in obj]
+        obj[:] = [_resolve_bits(v, memo) for v in obj]
         return obj
     if type(obj) is tuple:
-        return tuple(_resolve_bits(v) for v in obj)
+        return tuple(_resolve_bits(v, memo) for v in obj)
     return obj
 
 
@@ -148,8 +159,30 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
         CheckpointError: One line naming the file and the problem.
     """
     check_structure(path)
+    check_nesting(path)  # before the load: too deep a key crashes it
+    limit = osp.getsize(path) + COPY_SLACK_MB * 2**20
+    try:
+        with copy_budget(limit):
+            return _decode(_load_dict(path, trust), path, trust)
+    except CopyBudgetError:
+        raise CheckpointError(
+            f'checkpoint {path} is refused: reading it would copy more than '
+            f'{limit >> 20} MB (its size and {COPY_SLACK_MB} MB), one array '
+            'or tensor referenced many times over') from None
+
+
+#: What reading a file may copy beyond its own size, in MB: the arrays and
+#: resolved tensors of a genuine file are copies of bytes it holds, once
+#: each.
+COPY_SLACK_MB = 16
+
+
+def _load_dict(path: str, trust: bool) -> dict:
+    """:func:`_load`, every failure one line."""
     try:
         ckpt = _load(path, trust)
+    except CopyBudgetError:
+        raise
     except StockCheckpointError as e:
         raise CheckpointError(
             f'checkpoint {path} is refused: it holds {e}') from None
@@ -167,10 +200,17 @@ def read_checkpoint(path: str, trust: bool = False) -> dict:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'checkpoint {path} holds a '
                               f'{type(ckpt).__name__}, not a dict')
+    return ckpt
+
+
+def _decode(ckpt: dict, path: str, trust: bool) -> DecodedCheckpoint:
+    """The loaded ``ckpt`` as MMEngine sees it, every failure one line."""
     _check_module_versions(ckpt, path)
     try:
         ckpt = to_plain(ckpt) if trust else resolve(ckpt)
         return DecodedCheckpoint(_resolve_bits(from_plain(ckpt)))
+    except CopyBudgetError:
+        raise
     except RecursionError:
         raise CheckpointError(f'checkpoint {path} is malformed: nested too '
                               'deeply') from None
@@ -278,7 +318,8 @@ FLOAT_LOGS = re.compile(r'loss|time|grad_norm')
 def _history_problem(key: str, logs: Any, counts: Any) -> Optional[str]:
     """Why a resumed ``HistoryBuffer``'s histories are not what MMEngine
     logs under ``key``, or None: values that are real numbers (floats;
-    ints where only ints were logged, never for :data:`FLOAT_LOGS`),
+    ints where only ints were logged, never for :data:`FLOAT_LOGS`; no
+    bools, which no logger of MMEngine or mmdet writes as a scalar),
     counts that are whole numbers >= 0, both 1-D, of one length, not empty
     (``current()`` raises on an empty one, and the logger reads every
     resumed key, given again or not).
@@ -292,7 +333,7 @@ def _history_problem(key: str, logs: Any, counts: Any) -> Optional[str]:
         return 'has histories of different shapes'
     if logs.size == 0:
         return 'has an empty history'
-    if logs.dtype.kind not in 'biuf':
+    if logs.dtype.kind not in 'iuf':  # a bool is no number MMEngine logs
         return f'holds {logs.dtype} values, not real numbers'
     if logs.dtype.kind != 'f' and FLOAT_LOGS.search(key):
         return f'holds {logs.dtype} values where MMEngine logs floats'

@@ -22,7 +22,8 @@ from typing import Any, List, Tuple
 import numpy as np
 import torch
 
-from .plain import _NUMPY_DTYPES, MAX_DEPTH, key_label, make_history_buffer
+from .plain import (_NUMPY_DTYPES, MAX_DEPTH, charge_copy, key_label,
+                    make_history_buffer)
 
 # Far above what a detector's checkpoint holds (a few thousand tensors and
 # entries); a small file of shared lists could otherwise expand into
@@ -119,6 +120,8 @@ class _Array(_StandIn):
                           f'{dtype.dtype} over {len(raw)} bytes')
         arr = np.frombuffer(raw, dtype=dtype.dtype).reshape(
             shape, order='F' if fortran else 'C')
+        # A BUILD per reference to one memoized bytes object: a copy each.
+        charge_copy(size)
         self.array = arr.astype(arr.dtype.newbyteorder('='), copy=True)
 
 

@@ -3,9 +3,10 @@ dir's ``last_checkpoint``, each ``Pretrained`` ``init_cfg``), read through
 the run's :class:`~mmdet_gc.checkpoint.CheckpointDoor` and checked before
 the runner is built.
 """
+import contextlib
 import os.path as osp
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from ..utils import InputError
 
@@ -60,6 +61,21 @@ def check_checkpoint(door: Any,
         return door.read(path, resume=resume)
     except CheckpointError as e:
         raise InputError(f'{what} {e}') from None
+
+
+@contextlib.contextmanager
+def discarded_if_refused(door: Any, source: str) -> Iterator[None]:
+    """Checks of ``source`` made after the door read it: a refusal in the
+    block also makes the door discard it
+    (:meth:`~mmdet_gc.checkpoint.CheckpointDoor.discard`), so that a
+    download refused here does not stay in torch's hub cache for a later
+    source of that file name."""
+    from ..checkpoint import CheckpointError
+    try:
+        yield
+    except (InputError, CheckpointError):
+        door.discard(source)
+        raise
 
 
 def latest_checkpoint(work_dir: str) -> Optional[str]:

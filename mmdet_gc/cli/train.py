@@ -22,6 +22,7 @@ from mmdet_gc.cli.args import add_runner_args
 from mmdet_gc.cli.build_checks import (build_run_or_fail, check_optimizer,
                                        check_run_parts)
 from mmdet_gc.cli.checkpoint_checks import (check_checkpoint, check_prefix,
+                                            discarded_if_refused,
                                             latest_checkpoint,
                                             pretrained_sources)
 from mmdet_gc.cli.config import apply_gc, load_config, make_resumable
@@ -125,24 +126,9 @@ def build_cfg(args: argparse.Namespace,
         # The runner resumes exactly the checkpoint checked here.
         cfg.load_from = resume_from
         if resume_from is not None:
-            try:
-                differences = check_resume_against_run(ckpt, resume_from, cfg,
-                                                       run)
-            except CheckpointError as e:
-                raise InputError(f'--resume {e}') from None
-            if differences and not args.resume_with_config:
-                raise InputError(
-                    f'--resume: checkpoint {resume_from} would restore '
-                    'settings that differ from the config:\n' +
-                    '\n'.join(f'  {d}' for d in differences) +
-                    '\npass --resume-with-config to go on with the '
-                    "config's values",
-                    lines=True)
-            if differences:
-                try:
-                    take_config_settings(ckpt, run, differences)
-                except CheckpointError as e:
-                    raise InputError(str(e)) from None
+            # A refusal here is of the file: not kept in the hub cache.
+            with discarded_if_refused(door, resume_from):
+                check_resume(args, ckpt, resume_from, cfg, run)
     elif args.resume_with_config:
         raise InputError('--resume-with-config applies to --resume only')
     else:
@@ -152,7 +138,8 @@ def build_cfg(args: argparse.Namespace,
     for source, prefix in pretrained_sources(cfg.model, run.model):
         ckpt = check_checkpoint(door, source, 'init_cfg')
         if prefix and ckpt is not None:
-            check_prefix(ckpt, source, prefix)
+            with discarded_if_refused(door, source):
+                check_prefix(ckpt, source, prefix)
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:
@@ -160,6 +147,30 @@ def build_cfg(args: argparse.Namespace,
     check_dataset_paths(cfg, tuple(loaders))
 
     return cfg, run
+
+
+def check_resume(args: argparse.Namespace, ckpt: dict, source: str,
+                 cfg: Config, run: Any) -> None:
+    """``--resume`` of ``ckpt`` (read from ``source``) against the run's
+    objects: counters, groups and states that fit, and settings that
+    differ from the config only with ``--resume-with-config`` (then the
+    config's are taken); raises InputError on a mismatch."""
+    try:
+        differences = check_resume_against_run(ckpt, source, cfg, run)
+    except CheckpointError as e:
+        raise InputError(f'--resume {e}') from None
+    if differences and not args.resume_with_config:
+        raise InputError(
+            f'--resume: checkpoint {source} would restore settings that '
+            'differ from the config:\n' + '\n'.join(f'  {d}'
+                                                    for d in differences) +
+            "\npass --resume-with-config to go on with the config's values",
+            lines=True)
+    if differences:
+        try:
+            take_config_settings(ckpt, run, differences)
+        except CheckpointError as e:
+            raise InputError(str(e)) from None
 
 
 def newest_intact_checkpoint(door: CheckpointDoor, work_dir: str) -> tuple:
