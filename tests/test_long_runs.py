@@ -434,8 +434,9 @@ def test_unreadable_newest_checkpoint_resumes_from_the_newest_intact(
 
 def test_interrupted_study_reports_as_the_uninterrupted_one(tmp_path,
                                                             data_root):
-    """``mmdet-gc study`` end to end: base (torch SGD) vs SGD_GC, evaluated
-    plain and at +40, paired in the report, the GC arm's row means kept.
+    """``mmdet-gc study`` end to end: base (torch SGD) vs SGD_GC, paired in
+    the report, the GC arm's row means kept (an offset's evaluation:
+    ``tests/test_study.py``).
     Killed (the whole process group, as a cluster does) in the middle of a
     run's training, it resumes that run, and its report equals the report
     of the study never interrupted; run again, it trains nothing."""
@@ -446,7 +447,7 @@ default_hooks = dict(checkpoint=dict(interval=2))
 custom_hooks = [dict(type='PlainCheckpointHook'),
                 dict(type='RowMeanDriftHook')]
 """)
-    args = [cfg, '--gc', 'SGD_GC', '--seeds', '0', '--shifts', '0', '40']
+    args = [cfg, '--gc', 'SGD_GC', '--seeds', '0', '--shifts', '0']
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
     out = run_tool('tools/gc_study.py', *args, '--work-dir', str(straight))
     assert 'run 2/2' in out.stdout
@@ -456,7 +457,7 @@ custom_hooks = [dict(type='PlainCheckpointHook'),
     assert summary['paired']['SGD_GC']['coco/bbox_mAP']['n'] == 1
     for arm in ('base', 'SGD_GC'):
         assert summary['arms'][arm]['failed'] == 0
-        assert set(summary['arms'][arm]['shift_bbox_mAP']) == {'0', '40'}
+        assert set(summary['arms'][arm]['shift_bbox_mAP']) == {'0'}
     gc = summary['arms']['SGD_GC']['max_row_mean_drift']
     base = summary['arms']['base']['max_row_mean_drift']
     assert gc['conv'] < 1e-6 and gc['fc'] < 1e-6

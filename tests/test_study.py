@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 
 from mmdet_gc.datasets import IntensityShift
 from mmdet_gc.engine.hooks.row_mean_drift_hook import (conv_fc_weights,
@@ -350,6 +351,22 @@ def test_intensity_shift_and_row_means():
     assert set(means) == {'0.weight', '1.weight'}
     torch.testing.assert_close(means['1.weight'],
                                net[1].weight.double().mean(1))
+
+
+def test_the_test_tool_evaluates_under_a_brightness_offset(
+        trained_run, tmp_path):
+    """``tools/test.py --intensity-shift 40`` (a study's evaluation under an
+    offset) runs the test pipeline with the offset and reports COCO AP."""
+    work = tmp_path / 'shift40'
+    proc = run_tool('tools/test.py', trained_run['cfg'], trained_run['iter_2'],
+                    '--work-dir', str(work), '--intensity-shift', '40')
+    assert 'coco/bbox_mAP' in proc.stdout + proc.stderr
+    dumped = Config.fromfile(str(next(work.glob('*/vis_data/config.py'))))
+    shifts = [
+        t for t in dumped.test_dataloader.dataset.pipeline
+        if t['type'] == 'IntensityShift'
+    ]
+    assert [t['offset'] for t in shifts] == [40.]
 
 
 # A study's work dir is untrusted input: a malformed log line, record, file

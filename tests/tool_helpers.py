@@ -135,6 +135,11 @@ def _run_in_process(module, prog, argv, env):
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     cache_limit = torch._dynamo.config.cache_size_limit
     threads = torch.get_num_threads()
+    # What a run's randomness settings switch, process-wide: restored.
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
     managed = {cls: set(cls._instance_dict) for cls in _managed_classes()}
     code = 0
     try:
@@ -144,7 +149,11 @@ def _run_in_process(module, prog, argv, env):
         os.environ.clear()
         os.environ.update(env or ENV)
         os.chdir(ROOT)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # torch's own test utilities (imported by the optimizer tests)
+        # freeze the cudnn flags that MMEngine's seeding sets.
+        unfrozen = getattr(torch.backends, '__allow_nonbracketed_mutation')
+        with contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err), unfrozen():
             try:
                 main = importlib.import_module(module).main
                 main(list(argv), **({} if prog is None else dict(prog=prog)))
@@ -160,6 +169,11 @@ def _run_in_process(module, prog, argv, env):
         os.environ.update(saved_env)
         torch._dynamo.config.cache_size_limit = cache_limit
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(
+            deterministic[0], warn_only=deterministic[1])
+        with getattr(torch.backends, '__allow_nonbracketed_mutation')():
+            torch.backends.cudnn.deterministic, \
+                torch.backends.cudnn.benchmark = cudnn
         # The run's loggers, message hubs, visualizers and scopes go with
         # it: a later run of the same name must not write to this one's
         # output or work dir.
