@@ -10,6 +10,32 @@ import mmdet_gc.optim.fused as fused_mod
 from mmdet_gc.datasets import make_synthetic_coco
 
 
+@pytest.fixture(scope='session', autouse=True)
+def formatted_once():
+    """MMEngine formats a config's text with yapf each time it dumps or logs
+    it (half a second a time, several times a run): the tools run in this
+    process (``tool_helpers.run_tool``) format each text once, the same
+    text as yapf gives."""
+    import functools
+    import json
+
+    import mmengine.config.config as config_module
+    format_code = config_module.FormatCode
+
+    @functools.lru_cache(maxsize=256)
+    def cached(text, style):
+        return format_code(text, style_config=json.loads(style))
+
+    def formatted(text, style_config=None, **kwargs):
+        if kwargs or not isinstance(style_config, dict):
+            return format_code(text, style_config=style_config, **kwargs)
+        return cached(text, json.dumps(style_config, sort_keys=True))
+
+    config_module.FormatCode = formatted
+    yield
+    config_module.FormatCode = format_code
+
+
 @pytest.fixture(scope='session')
 def data_root(tmp_path_factory):
     """A tiny synthetic COCO set: 8 train and 4 val images of 64 px."""

@@ -372,9 +372,8 @@ RESUME_CASES = [
     'a key with a newline', 'epoch beyond iter'
 ]
 
-# Each crafted file through tools/train.py --resume, in one process: one
-# line naming the file, exit status 1, the work dir untouched
-# (tool_helpers.RESUME_ALL).
+# Each crafted file through tools/train.py --resume: one line naming the
+# file, exit status 1, the work dir untouched (tool_helpers.run_resume_cases).
 
 
 def _run_cases(ckpts, tmp_path, files):
@@ -498,7 +497,6 @@ def test_unknown_scheme_is_refused_unless_trusted(tmp_path):
 def test_url_without_a_file_name_is_refused():
     with pytest.raises(CheckpointError, match='names no file'):
         hub_cache_file('http://127.0.0.1:1/..')
-
 
 
 IMPORT_ALONE = r'''

@@ -242,7 +242,7 @@ while True:
 
 
 # A file whose settings or weights are not the config's: each case through
-# tools/train.py --resume in one process (tool_helpers.RESUME_ALL), then
+# tools/train.py --resume (tool_helpers.run_resume_cases), then
 # --resume-with-config.
 
 

@@ -3,10 +3,12 @@ deterministic sampling, and running ``tools/*.py`` in a subprocess
 (Gradient Centralization: Yong et al., ECCV 2020)."""
 import os
 import os.path as osp
+import random
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -93,15 +95,16 @@ def run_tool(*args, ok=True, env=None, in_process=True):
     line) raises here.
     """
     if in_process and args[0] in TOOLS:
-        return _run_in_process(TOOLS[args[0]], args[0], args[1:], env)
-    if in_process and args[:2] == ('-m', 'mmdet_gc'):
-        return _run_in_process('mmdet_gc.cli', None, args[2:], env)
-    proc = subprocess.run([sys.executable, *args],
-                          cwd=ROOT,
-                          env=env or ENV,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+        proc = _run_in_process(TOOLS[args[0]], args[0], args[1:], env)
+    elif in_process and args[:2] == ('-m', 'mmdet_gc'):
+        proc = _run_in_process('mmdet_gc.cli', None, args[2:], env)
+    else:
+        proc = subprocess.run([sys.executable, *args],
+                              cwd=ROOT,
+                              env=env or ENV,
+                              capture_output=True,
+                              text=True,
+                              timeout=600)
     if ok and proc.returncode != 0:
         raise AssertionError(f'{args} failed:\n{proc.stderr[-3000:]}')
     return proc
@@ -125,7 +128,6 @@ def _run_in_process(module, prog, argv, env):
     the checkout as the working directory, its exit and output captured as
     a :class:`subprocess.CompletedProcess`."""
     import contextlib
-    import gc
     import importlib
     import io
 
@@ -140,8 +142,14 @@ def _run_in_process(module, prog, argv, env):
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn = (torch.backends.cudnn.deterministic,
              torch.backends.cudnn.benchmark)
-    managed = {cls: set(cls._instance_dict) for cls in _managed_classes()}
-    code = 0
+    # The run gets MMEngine's named instances of its own (a visualizer
+    # named 'visualizer' left by an earlier run would write into that
+    # run's work dir), and this process's random states back after it.
+    managed = {cls: dict(cls._instance_dict) for cls in _managed_classes()}
+    for cls in managed:
+        cls._instance_dict.clear()
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    code, message = 0, None
     try:
         torch.set_num_threads(1)
         # ENV as a subprocess gets it: the processes a tool starts (a
@@ -160,7 +168,7 @@ def _run_in_process(module, prog, argv, env):
             except SystemExit as e:
                 if isinstance(e.code, str):
                     print(e.code, file=sys.stderr)
-                    code = 1
+                    message, code = e.code, 1
                 else:
                     code = e.code or 0
     finally:
@@ -175,55 +183,40 @@ def _run_in_process(module, prog, argv, env):
             torch.backends.cudnn.deterministic, \
                 torch.backends.cudnn.benchmark = cudnn
         # The run's loggers, message hubs, visualizers and scopes go with
-        # it: a later run of the same name must not write to this one's
-        # output or work dir.
+        # it; those from before it come back.
         for cls in _managed_classes():
-            for name in set(cls._instance_dict) - managed.get(cls, set()):
-                instance = cls._instance_dict.pop(name)
+            for instance in cls._instance_dict.values():
                 if isinstance(instance, MMLogger):
                     for handler in instance.handlers:
                         handler.close()
-        gc.collect()  # the run's model and dataloader, now
-    return subprocess.CompletedProcess([prog, *argv], code, out.getvalue(),
+            cls._instance_dict.clear()
+            cls._instance_dict.update(managed.get(cls, {}))
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+    proc = subprocess.CompletedProcess([prog, *argv], code, out.getvalue(),
                                        err.getvalue())
+    proc.exit_message = message  # what ``sys.exit`` said, whole
+    return proc
 
 
 def load(path):
     return torch.load(path, map_location='cpu')  # weights_only=True
 
 
-# Each of a set of files through tools/train.py --resume, in one process:
-# ``python -c RESUME_ALL CONFIG WORK_DIR '{"case": "path", ...}'`` prints
-# ``{"case": [exit message or "ran", sorted work dir listing]}``.
-RESUME_ALL = r'''
-import contextlib, io, json, os, sys
-from mmdet_gc.cli import train
-cfg, work, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-out = {}
-for case, path in files.items():
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            train.main([cfg, '--resume', path, '--work-dir', work],
-                       prog='train.py')
-        out[case] = ['ran', sorted(os.listdir(work))]
-    except SystemExit as e:
-        out[case] = [str(e.code), sorted(os.listdir(work))]
-print(json.dumps(out))
-'''
-
-
 def run_resume_cases(cfg, tmp_path, files):
     """Each of ``files`` (case -> path) through ``tools/train.py --resume``
-    in one process (:data:`RESUME_ALL`), into a work dir holding a file of
-    its own that must stay as it is and alone; ``{case: [exit message or
-    'ran', work dir listing]}``."""
-    import json
+    into a work dir holding a file of its own that must stay as it is and
+    alone; ``{case: [error line or 'ran', work dir listing]}``."""
     work = tmp_path / 'work'
     work.mkdir()
     (work / 'iter_3.pth').write_bytes(b'precious')
-    proc = run_tool('-c', RESUME_ALL, cfg, str(work), json.dumps(files))
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {}
+    for case, path in files.items():
+        proc = _run_in_process(TOOLS['tools/train.py'], 'train.py',
+                               [cfg, '--resume', path, '--work-dir',
+                                str(work)], None)
+        out[case] = [proc.exit_message or 'ran', sorted(os.listdir(work))]
     for case, (_, listing) in out.items():
         assert listing == ['iter_3.pth'], case  # nothing written
     assert (work / 'iter_3.pth').read_bytes() == b'precious'
