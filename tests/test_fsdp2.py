@@ -1,7 +1,6 @@
 """FSDP2 ``fully_shard`` shards every parameter along dim 0, so each rank
 holds whole output rows and per-row GC stays exact: SGD_GC on the sharded
-parameters of two CPU processes (gloo) equals SGD_GC unsharded, bit for bit
-(Gradient Centralization, Yong et al., ECCV 2020)."""
+parameters of two CPU processes (gloo) equals SGD_GC unsharded, bit for bit."""
 import os
 import subprocess
 import sys

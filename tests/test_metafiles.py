@@ -1,6 +1,6 @@
 """mim's model index: every config listed exactly once, in its folder's
 metafile, with the paper's reference AP where the paper has a row, and a
-README per folder (Gradient Centralization, Yong et al., ECCV 2020)."""
+README per folder."""
 import glob
 import os.path as osp
 

@@ -1,5 +1,5 @@
 """mmdet-gc inside MMEngine / MMDetection: registries, optim wrappers,
-``paramwise_cfg``, GC for any optimizer (Yong et al., ECCV 2020)."""
+``paramwise_cfg``, GC for any optimizer."""
 import subprocess
 import sys
 import textwrap

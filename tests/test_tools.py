@@ -1,6 +1,6 @@
 """tools/train.py and tools/test.py end to end on tiny synthetic COCO data:
 training with SGD_GC, checkpoints, COCO evaluation, resume, DDP (gloo, CPU),
-AMP, ``--gc`` and clear errors on bad input (Yong et al., ECCV 2020)."""
+AMP, ``--gc`` and clear errors on bad input."""
 import glob
 import json
 import os

@@ -1,6 +1,6 @@
 """Shared helpers of the tool tests: the demo config shrunk to 64 px with
-deterministic sampling, and running ``tools/*.py`` in a subprocess
-(Gradient Centralization: Yong et al., ECCV 2020)."""
+deterministic sampling, and running ``tools/*.py`` (in this process, as
+its own run)."""
 import os
 import os.path as osp
 import random

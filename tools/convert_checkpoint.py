@@ -1,8 +1,7 @@
 """Rewrite a trusted MMEngine checkpoint into mmdet-gc's plain form, once.
 
 Same as ``mmdet-gc convert`` (the code: :mod:`mmdet_gc.cli.convert`, so that an
-installed wheel runs it without a checkout). Gradient Centralization:
-Yong et al., ECCV 2020 (arXiv:2004.01461).
+installed wheel runs it without a checkout).
 """
 from mmdet_gc.cli.convert import main
 

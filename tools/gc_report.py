@@ -1,8 +1,7 @@
 """Compare work dirs (e.g. baseline vs GC): COCO table and curves.
 
 Same as ``mmdet-gc report`` (the code: :mod:`mmdet_gc.cli.report`, so that an
-installed wheel runs it without a checkout). Gradient Centralization:
-Yong et al., ECCV 2020 (arXiv:2004.01461).
+installed wheel runs it without a checkout).
 """
 from mmdet_gc.cli.report import main
 

@@ -1,8 +1,7 @@
 """A paired GC study: arms x seeds over one config, then its report.
 
 Same as ``mmdet-gc study`` (the code: :mod:`mmdet_gc.cli.study`, so that an
-installed wheel runs it without a checkout). Gradient Centralization:
-Yong et al., ECCV 2020 (arXiv:2004.01461).
+installed wheel runs it without a checkout).
 """
 from mmdet_gc.cli.study import main
 

@@ -1,8 +1,7 @@
 """Test a detector checkpoint with MMDetection 3.x: COCO box / mask AP.
 
 Same as ``mmdet-gc test`` (the code: :mod:`mmdet_gc.cli.test`, so that an
-installed wheel runs it without a checkout). Gradient Centralization:
-Yong et al., ECCV 2020 (arXiv:2004.01461).
+installed wheel runs it without a checkout).
 """
 from mmdet_gc.cli.test import main
 

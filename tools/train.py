@@ -1,8 +1,7 @@
 """Train a detector with MMDetection 3.x (mmdet's flags, plus --gc NAME).
 
 Same as ``mmdet-gc train`` (the code: :mod:`mmdet_gc.cli.train`, so that an
-installed wheel runs it without a checkout). Gradient Centralization:
-Yong et al., ECCV 2020 (arXiv:2004.01461).
+installed wheel runs it without a checkout).
 """
 from mmdet_gc.cli.train import main
 
