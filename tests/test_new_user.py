@@ -175,6 +175,8 @@ def test_dataloader_arguments_are_checked_before_the_work_dir(loader, named):
 @pytest.mark.parametrize('name,message', [
     ('mmdet::mask_rcnn/nope.py', 'config file not found: '
      "mmdet::mask_rcnn/nope.py (no mask_rcnn/nope.py in mmdet's configs)"),
+    ('mmdet::nope.py', 'config file not found: mmdet::nope.py (a config of '
+     'a package is named PACKAGE::FOLDER/NAME.py)'),
     ('not_a_package_here::x.py', "config not_a_package_here::x.py: "
      "'not_a_package_here' is not a package MMEngine reads configs from "
      '(mmdet::..., mmdet_gc::...)'),
@@ -194,16 +196,16 @@ def test_a_config_named_as_in_base_is_read():
         cfg.filename, DEMO)
 
 
-@pytest.mark.parametrize('setting', [
-    'None', 'dict(_delete_=True, enable=False)', "'yes'"
-])
+@pytest.mark.parametrize(
+    'setting', ['None', 'dict(_delete_=True, enable=False)', "'yes'"])
 def test_auto_scale_lr_without_the_config_setting_is_one_line(
         setting, tmp_path, data_root):
     from mmdet_gc.checkpoint import CheckpointDoor
     from mmdet_gc.cli.train import build_cfg, parse_args
     cfg = tiny_config(tmp_path, data_root, extra=f'auto_scale_lr = {setting}')
-    args = parse_args([cfg, '--auto-scale-lr', '--work-dir',
-                       str(tmp_path / 'w')])
+    args = parse_args(
+        [cfg, '--auto-scale-lr', '--work-dir',
+         str(tmp_path / 'w')])
     with pytest.raises(InputError, match='Can not find "auto_scale_lr"'):
         build_cfg(args, CheckpointDoor())
     assert not osp.exists(tmp_path / 'w')

@@ -32,13 +32,16 @@ def config_file(path: str) -> str:
     from mmengine.config.utils import (_get_external_cfg_base_path,
                                        _get_package_and_cfg_path)
     from mmengine.utils import get_installed_path, is_installed
-    try:
-        package, name = _get_package_and_cfg_path(path)
-    except ValueError:
+    from mmengine.config.utils import MODULE2PACKAGE
+    if path.split('::')[0] not in MODULE2PACKAGE:
         raise InputError(
             f'config {path}: {path.split("::")[0]!r} is not a package '
-            'MMEngine reads configs from (mmdet::..., mmdet_gc::...)'
-        ) from None
+            'MMEngine reads configs from (mmdet::..., mmdet_gc::...)')
+    try:
+        package, name = _get_package_and_cfg_path(path)
+    except ValueError:  # not PACKAGE::FOLDER/NAME
+        raise InputError(f'config file not found: {path} (a config of a '
+                         'package is named PACKAGE::FOLDER/NAME.py)') from None
     if not is_installed(package):
         raise InputError(f'config {path}: package {package} is not '
                          'installed')

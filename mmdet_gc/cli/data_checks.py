@@ -65,12 +65,12 @@ def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
             osp.isfile(path) if what == 'annotation file' else osp.isdir(path))
     ]
     if missing:
-        where = (f'\nrelative paths are taken from the current directory, '
+        where = ('; relative paths are taken from the current directory, '
                  f'{os.getcwd()}') if any(not osp.isabs(path)
                                           for _, _, path in missing) else ''
         raise InputError(
-            'the dataset in the config is not where it says:\n' +
-            '\n'.join(f'  {key}: {what} not found: {path}'
+            'the dataset in the config is not where it says: ' +
+            '; '.join(f'{key}: {what} not found: {path}'
                       for key, what, path in missing) + where +
-            '\nfix data_root / ann_file / data_prefix (e.g. --cfg-options '
+            '. Fix data_root / ann_file / data_prefix (e.g. --cfg-options '
             'data_root=..., where the config sets a data_root)')

@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None,
         if run.final is None:
             print(
                 f'\nnote: {run.name} has no COCO metrics yet (not '
-                'evaluated); its row is empty',
+                'evaluated, or its evaluation found nothing to score); its '
+                'row is empty',
                 file=sys.stderr)
     if args.plot:
         try:
