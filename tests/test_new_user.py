@@ -209,3 +209,15 @@ def test_auto_scale_lr_without_the_config_setting_is_one_line(
     with pytest.raises(InputError, match='Can not find "auto_scale_lr"'):
         build_cfg(args, CheckpointDoor())
     assert not osp.exists(tmp_path / 'w')
+
+
+def test_a_typo_names_the_loop_of_the_config_and_the_one_run():
+    with pytest.raises(InputError) as e:
+        check_loops(
+            Config(
+                dict(
+                    train_cfg=dict(
+                        type='ResumableEpochBasedTrainLoop', max_epoch=1))))
+    assert str(e.value).startswith(
+        'train_cfg: EpochBasedTrainLoop (run as ResumableEpochBasedTrainLoop)'
+        ' takes no max_epoch (it takes: ')

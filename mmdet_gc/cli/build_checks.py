@@ -154,7 +154,11 @@ def check_loops(cfg: Config) -> None:
         if unknown:
             takes = ', '.join(
                 sorted(taken - {'self', 'runner', 'dataloader', 'evaluator'}))
-            raise InputError(f'{key}: {loop.__name__} takes no '
+            name = loop.__name__
+            if name.startswith('Resumable'):  # the config's, as made
+                # resumable by the tools (config.make_resumable)
+                name = f'{name[len("Resumable"):]} (run as {name})'
+            raise InputError(f'{key}: {name} takes no '
                              f'{", ".join(unknown)} (it takes: {takes})')
 
 
