@@ -3,12 +3,10 @@ deterministic sampling, and running ``tools/*.py`` (in this process, as
 its own run)."""
 import os
 import os.path as osp
-import random
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -133,6 +131,9 @@ def _run_in_process(module, prog, argv, env):
 
     import torch._dynamo
     from mmengine.logging import MMLogger
+
+    from mmdet_gc.utils.random_state import (capture_random_state,
+                                             restore_random_state)
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     cache_limit = torch._dynamo.config.cache_size_limit
@@ -148,7 +149,8 @@ def _run_in_process(module, prog, argv, env):
     managed = {cls: dict(cls._instance_dict) for cls in _managed_classes()}
     for cls in managed:
         cls._instance_dict.clear()
-    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    rng = capture_random_state()
+    unfrozen = getattr(torch.backends, '__allow_nonbracketed_mutation')
     code, message = 0, None
     try:
         torch.set_num_threads(1)
@@ -159,7 +161,6 @@ def _run_in_process(module, prog, argv, env):
         os.chdir(ROOT)
         # torch's own test utilities (imported by the optimizer tests)
         # freeze the cudnn flags that MMEngine's seeding sets.
-        unfrozen = getattr(torch.backends, '__allow_nonbracketed_mutation')
         with contextlib.redirect_stdout(out), \
                 contextlib.redirect_stderr(err), unfrozen():
             try:
@@ -179,7 +180,7 @@ def _run_in_process(module, prog, argv, env):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(
             deterministic[0], warn_only=deterministic[1])
-        with getattr(torch.backends, '__allow_nonbracketed_mutation')():
+        with unfrozen():
             torch.backends.cudnn.deterministic, \
                 torch.backends.cudnn.benchmark = cudnn
         # The run's loggers, message hubs, visualizers and scopes go with
@@ -191,9 +192,7 @@ def _run_in_process(module, prog, argv, env):
                         handler.close()
             cls._instance_dict.clear()
             cls._instance_dict.update(managed.get(cls, {}))
-        random.setstate(rng[0])
-        np.random.set_state(rng[1])
-        torch.set_rng_state(rng[2])
+        restore_random_state(rng)
     proc = subprocess.CompletedProcess([prog, *argv], code, out.getvalue(),
                                        err.getvalue())
     proc.exit_message = message  # what ``sys.exit`` said, whole
@@ -213,9 +212,10 @@ def run_resume_cases(cfg, tmp_path, files):
     (work / 'iter_3.pth').write_bytes(b'precious')
     out = {}
     for case, path in files.items():
-        proc = _run_in_process(TOOLS['tools/train.py'], 'train.py',
-                               [cfg, '--resume', path, '--work-dir',
-                                str(work)], None)
+        proc = _run_in_process(
+            TOOLS['tools/train.py'], 'train.py',
+            [cfg, '--resume', path, '--work-dir',
+             str(work)], None)
         out[case] = [proc.exit_message or 'ran', sorted(os.listdir(work))]
     for case, (_, listing) in out.items():
         assert listing == ['iter_3.pth'], case  # nothing written

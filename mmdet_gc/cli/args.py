@@ -35,11 +35,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
         'Note that the quotation marks are necessary and that no white space '
         'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
+    add_launcher_arg(parser, 'job launcher')
     parser.add_argument(
         '--trust-checkpoint',
         action='store_true',
@@ -55,3 +51,13 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         default=0,
         help='set by torch.distributed.launch (torchrun sets LOCAL_RANK '
         'instead)')
+
+
+def add_launcher_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """MMDetection's ``--launcher`` (``none``, ``pytorch``, ``slurm``,
+    ``mpi``), with the tool's own ``help``."""
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help=help)

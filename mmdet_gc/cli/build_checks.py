@@ -78,6 +78,14 @@ DEFAULT_LOOPS = dict(val_cfg='ValLoop', test_cfg='TestLoop')
 COUNTS = ('max_iters', 'max_epochs', 'val_begin', 'val_interval')
 
 
+def _check_count(field: str, value: Any, least: int) -> None:
+    """Refuse a ``value`` of ``field`` that is not a whole number (a bool is
+    not) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InputError(f'{field} must be a whole number >= {least}, not '
+                         f'{value!r:.60}')
+
+
 def _loop_class(key: str, loop_cfg: dict) -> Any:
     """The class MMEngine's runner will build for ``cfg[key]``, or None."""
     import inspect
@@ -136,11 +144,8 @@ def check_loops(cfg: Config) -> None:
         if not isinstance(loop_cfg, dict):
             continue
         for name in COUNTS:
-            value = loop_cfg.get(name)
-            if name in loop_cfg and (isinstance(value, bool) or
-                                     not isinstance(value, int) or value < 0):
-                raise InputError(f'{key}.{name} must be a whole number '
-                                 f'>= 0, not {value!r:.60}')
+            if name in loop_cfg:
+                _check_count(f'{key}.{name}', loop_cfg[name], 0)
         loop = _loop_class(key, loop_cfg)
         if loop is None:
             continue  # unknown: the runner names it
@@ -174,11 +179,7 @@ def check_dataloaders(cfg: Config) -> None:
         if not isinstance(loader, dict):
             continue
         for name, least in (('batch_size', 1), ('num_workers', 0)):
-            value = loader.get(name, least)
-            if isinstance(value,
-                          bool) or not isinstance(value, int) or value < least:
-                raise InputError(f'{key}.{name} must be a whole number '
-                                 f'>= {least}, not {value!r:.60}')
+            _check_count(f'{key}.{name}', loader.get(name, least), least)
         if loader.get('persistent_workers') and not loader.get(
                 'num_workers', 0):
             raise InputError(f'{key}: persistent_workers=True needs '

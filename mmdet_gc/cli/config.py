@@ -25,18 +25,19 @@ def config_file(path: str) -> str:
     Raises:
         InputError: No such file, package or config.
     """
-    if osp.isfile(path) or '::' not in path:
-        if not osp.isfile(path):
-            raise InputError(f'config file not found: {path}')
+    if osp.isfile(path):
         return path
-    from mmengine.config.utils import (_get_external_cfg_base_path,
+    if '::' not in path:
+        raise InputError(f'config file not found: {path}')
+    from mmengine.config.utils import (MODULE2PACKAGE,
+                                       _get_external_cfg_base_path,
                                        _get_package_and_cfg_path)
     from mmengine.utils import get_installed_path, is_installed
-    from mmengine.config.utils import MODULE2PACKAGE
-    if path.split('::')[0] not in MODULE2PACKAGE:
+    module = path.split('::')[0]
+    if module not in MODULE2PACKAGE:
         raise InputError(
-            f'config {path}: {path.split("::")[0]!r} is not a package '
-            'MMEngine reads configs from (mmdet::..., mmdet_gc::...)')
+            f'config {path}: {module!r} is not a package MMEngine reads '
+            'configs from (mmdet::..., mmdet_gc::...)')
     try:
         package, name = _get_package_and_cfg_path(path)
     except ValueError:  # not PACKAGE::FOLDER/NAME

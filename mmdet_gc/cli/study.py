@@ -34,7 +34,7 @@ import sys
 from typing import Optional, Sequence
 
 import mmdet_gc  # noqa: F401
-from mmdet_gc.cli.args import CfgOptions
+from mmdet_gc.cli.args import CfgOptions, add_launcher_arg
 from mmdet_gc.cli.config import apply_gc, merge_options, read_config
 from mmdet_gc.study import (Plan, ReportError, execute, make_arms, run_name,
                             tool_command, write_report)
@@ -79,11 +79,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         help='the study\'s folder: WORK/<arm>/seed<N>/ per run, and the '
         'report (report.md, .json, .png); finished runs in it are skipped, '
         'interrupted ones resumed (default: work_dirs/gc_study)')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher, passed to every train and test run')
+    add_launcher_arg(parser,
+                     'job launcher, passed to every train and test run')
     parser.add_argument(
         '--threshold',
         type=float,
