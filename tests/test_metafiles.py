@@ -1,13 +1,15 @@
 """mim's model index: every config listed exactly once, in its folder's
 metafile, with the paper's reference AP where the paper has a row, and a
-README per folder."""
+README per folder; and mim finding them from this install as from the
+wheel."""
 import glob
 import os.path as osp
+import sys
 
 import yaml
 from mmengine.config.utils import _get_cfg_metainfo
 
-from tool_helpers import ROOT
+from tool_helpers import CONFIGS, ROOT, mim_configs
 
 PACKAGE = osp.join(ROOT, 'mmdet_gc')
 
@@ -18,9 +20,6 @@ def _index():
 
 
 def test_every_config_is_listed_exactly_once():
-    configs = sorted(
-        osp.relpath(p, ROOT)
-        for p in glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
     listed = []
     for meta in _index():
         path = osp.join(PACKAGE, '.mim', meta)
@@ -34,10 +33,16 @@ def test_every_config_is_listed_exactly_once():
             assert osp.isfile(osp.join(ROOT, model['Config'])), model
             assert model['Name'] == osp.basename(model['Config'])[:-3]
             listed.append(model['Config'])
-    assert sorted(listed) == configs
+    assert sorted(listed) == CONFIGS
     assert sorted(_index()) == sorted(
         osp.relpath(p, ROOT)
         for p in glob.glob(osp.join(ROOT, 'configs', '*', 'metafile.yml')))
+
+
+def test_mim_finds_every_config_from_the_editable_install(tmp_path):
+    """The set-up's editable install, as the README makes it (the wheel's
+    twin is in ``tests/test_wheel.py``)."""
+    assert mim_configs(sys.executable, str(tmp_path)) == CONFIGS
 
 
 def test_mmengine_finds_each_config_through_the_index():

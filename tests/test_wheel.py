@@ -23,7 +23,8 @@ import mmdet_gc
 from mmdet_gc.cli import COMMANDS
 from mmdet_gc.utils import InputError, config_path
 
-from tool_helpers import DEMO, ENV, ROOT, run_tool, tiny_config
+from tool_helpers import (CONFIGS, DEMO, ENV, ROOT, mim_configs, run_tool,
+                          tiny_config)
 
 DEMO_NAME = 'demo/mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py'
 
@@ -114,6 +115,10 @@ def test_wheel_carries_configs_and_entry_point(venv):
     # The installed copy, not the checkout's.
     assert all(p.startswith(venv['purelib']) for p in out), out
     assert osp.isfile(out[1])
+
+
+def test_mim_finds_every_config_from_the_wheel(venv):
+    assert mim_configs(venv['python'], str(venv['tmp'])) == CONFIGS
 
 
 def test_wheel_trains_and_tests_from_an_inherited_config(venv, data_root):

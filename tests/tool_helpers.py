@@ -1,6 +1,7 @@
 """Shared helpers of the tool tests: the demo config shrunk to 64 px with
-deterministic sampling, and running ``tools/*.py`` (in this process, as
-its own run)."""
+deterministic sampling, running ``tools/*.py`` (in this process, as its
+own run), and the configs mim finds for an installed mmdet_gc."""
+import glob
 import os
 import os.path as osp
 import subprocess
@@ -13,6 +14,46 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo',
                 'mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py')
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+CONFIGS = sorted(
+    osp.relpath(p, ROOT)
+    for p in glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
+
+# What ``mim search mmdet_gc`` reads, found as openmim 0.3.9 finds it
+# (``mim.utils.get_installed_path``): the folder named after the package
+# (else after its top_level.txt) beside its installed distribution's
+# metadata, whatever ``import mmdet_gc`` would find; then the model index
+# there, each metafile it imports and each config they list.
+MIM_LOOKUP = """
+import os.path as osp
+import warnings
+import yaml
+warnings.simplefilter('ignore')
+from pkg_resources import get_distribution
+dist = get_distribution('mmdet_gc')
+path = osp.join(dist.location, 'mmdet_gc')
+if not osp.exists(path):
+    path = osp.join(dist.location,
+                    dist.get_metadata('top_level.txt').split()[0])
+mim = osp.join(path, '.mim')
+for meta in yaml.safe_load(open(osp.join(mim, 'model-index.yml')))['Import']:
+    for model in yaml.safe_load(open(osp.join(mim, meta)))['Models']:
+        assert osp.isfile(osp.join(mim, model['Config'])), model['Config']
+        print(model['Config'])
+"""
+
+
+def mim_configs(python: str, cwd: str) -> list:
+    """The configs mim lists for the mmdet_gc that ``python`` has
+    installed, run in ``cwd``; an AssertionError with mim's failure."""
+    env = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run([python, '-c', MIM_LOOKUP],
+                          cwd=cwd,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return sorted(proc.stdout.split())
 
 
 def tiny_config(tmp_path,

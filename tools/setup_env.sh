@@ -5,7 +5,8 @@
 #     torch        the user's own if importable, else torch==${TORCH_VERSION}
 #     mmcv 2.1.0   built from source with its compiled ops (RoIAlign, NMS);
 #                  skipped when an mmcv whose ``mmcv.ops`` imports is there
-#     mmengine, mmdet 3.3.0, pycocotools, and mmdet_gc (editable, [tests])
+#     mmengine, mmdet 3.3.0, pycocotools, and mmdet_gc (editable, [tests];
+#                  linked into site-packages, where mim looks)
 #
 # The mmcv build takes about 10 minutes on 2 cores the first time; pip's
 # wheel cache makes later installs take seconds. With CUDA and nvcc visible, the same
@@ -76,6 +77,22 @@ say "installing mmengine, mmdet, pycocotools and mmdet_gc[tests]"
 # One resolve for all of them (the package's own requirements included).
 "${PIP[@]}" install -q 'mmengine>=0.10.0,<0.11' 'mmdet==3.3.0' pycocotools \
     'setuptools>=77.0.3,<81' -e "$ROOT[tests]"
+
+# mim finds a package's configs at <its dist-info's folder>/<its name>/.mim
+# (openmim's get_installed_path), which an editable install (PEP 660) does
+# not make: the package is linked there, as `setup.py develop` made it
+# importable, and the link is added to the install's RECORD so that
+# `pip uninstall mmdet_gc` (or installing the wheel over it) removes it
+# instead of writing through it into the checkout.
+PURELIB=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+RECORD=$(echo "$PURELIB"/mmdet_gc-*.dist-info/RECORD)
+if [ -e "$PURELIB/mmdet_gc" ] && [ ! -L "$PURELIB/mmdet_gc" ]; then
+    say "$PURELIB/mmdet_gc is a folder no install owns: remove it and" \
+        "run the set-up again"
+    exit 1
+fi
+ln -sfn "$ROOT/mmdet_gc" "$PURELIB/mmdet_gc"
+grep -qx 'mmdet_gc,,' "$RECORD" || echo 'mmdet_gc,,' >> "$RECORD"
 
 # torchvision of this torch (torch 2.N pairs with torchvision 0.(N+15)), as
 # MMDetection's install guide installs both; after the packages above, so
