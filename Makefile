@@ -28,8 +28,8 @@ study: setup
 ## The learning-rate sweep: the same study's arms at lr 0.01, 0.02 and 0.08
 ## too (the config's own 0.04 is `make study`'s runs, reused), 5 seeds
 ## each; report in work_dirs/study/report.{md,json,png} and report_lr.png.
-## 40 runs of about 2 minutes on 2 CPU cores: about 80 minutes from nothing,
-## 60 after `make study`.
+## 40 runs of about 1.4 minutes on 2 CPU cores: about 55 minutes from
+## nothing, 37 after `make study` (measured: docs/en/studies.md).
 study-lr: setup
 	test -f data/synthetic_coco/annotations/instances_val.json || \
 		$(PY) tools/make_synthetic_coco.py data/synthetic_coco
