@@ -8,7 +8,7 @@
 #     mmengine, mmdet 3.3.0, pycocotools, and mmdet_gc (editable, [tests];
 #                  linked into site-packages, where mim looks)
 #
-# The mmcv build takes about 10 minutes on 2 cores the first time; pip's
+# The mmcv build takes about 7 minutes on 2 cores the first time; pip's
 # wheel cache makes later installs take seconds. With CUDA and nvcc visible, the same
 # build compiles mmcv's CUDA ops too (FORCE_CUDA=1 forces it).
 set -euo pipefail
@@ -52,7 +52,7 @@ fi
 if "$PY" -c 'import mmcv.ops' >/dev/null 2>&1; then
     say "mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') with compiled ops found; keeping it"
 else
-    say "building mmcv==$MMCV_VERSION with its compiled ops (about 10" \
+    say "building mmcv==$MMCV_VERSION with its compiled ops (about 7" \
         "minutes on 2 cores the first time; pip's wheel cache makes later" \
         "runs take seconds)"
     # mmcv's setup.py needs setuptools < 70 (pkg_resources as it uses it)
