@@ -46,8 +46,8 @@ def test_mim_finds_every_config_from_the_editable_install(tmp_path):
 
 
 def test_mmengine_finds_each_config_through_the_index():
-    for path in glob.glob(osp.join(ROOT, 'configs', '*', '*.py')):
-        name = osp.relpath(path, osp.join(ROOT, 'configs'))
+    for config in CONFIGS:
+        name = osp.relpath(config, 'configs')
         meta = _get_cfg_metainfo(PACKAGE, name)
         assert osp.isfile(osp.join(PACKAGE, '.mim', meta['Config']))
 

@@ -301,7 +301,7 @@ def check_doc(text: str, report: dict) -> List[Tuple[int, int]]:
         sweep['stable']['SGD_GC']
     at = m.group(2)
     edge = sweep['arms']['base'][at], sweep['arms']['SGD_GC'][at]
-    assert float(m.group(2)) == 2 * float(m.group(1))
+    assert float(at) == 2 * float(m.group(1))
     assert (int(m.group(3)), int(m.group(4)),
             int(m.group(5))) == (edge[0]['collapsed'], edge[0]['n'],
                                  edge[1]['collapsed'])

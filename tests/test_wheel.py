@@ -23,17 +23,20 @@ import mmdet_gc
 from mmdet_gc.cli import COMMANDS
 from mmdet_gc.utils import InputError, config_path
 
-from tool_helpers import (CONFIGS, DEMO, ENV, ROOT, mim_configs, run_tool,
-                          tiny_config)
+from tool_helpers import (CONFIGS, DEMO, INSTALLED_ENV, ROOT, mim_configs,
+                          run_tool, tiny_config)
 
 DEMO_NAME = 'demo/mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py'
 
 
 def _run(cmd, cwd, ok=True):
-    # No PYTHONPATH: the venv must find mmdet_gc in its own site-packages.
-    env = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    # The venv must find mmdet_gc in its own site-packages.
+    proc = subprocess.run(cmd,
+                          cwd=cwd,
+                          env=INSTALLED_ENV,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     if ok and proc.returncode != 0:
         raise AssertionError(f'{cmd} failed:\n{proc.stdout[-2000:]}\n'
                              f'{proc.stderr[-3000:]}')

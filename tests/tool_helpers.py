@@ -14,6 +14,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo',
                 'mask-rcnn_r18-tiny_fpn_sgd-gc_synthetic.py')
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+# No PYTHONPATH: an interpreter finds mmdet_gc where it is installed.
+INSTALLED_ENV = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
 CONFIGS = sorted(
     osp.relpath(p, ROOT)
     for p in glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
@@ -45,10 +47,9 @@ for meta in yaml.safe_load(open(osp.join(mim, 'model-index.yml')))['Import']:
 def mim_configs(python: str, cwd: str) -> list:
     """The configs mim lists for the mmdet_gc that ``python`` has
     installed, run in ``cwd``; an AssertionError with mim's failure."""
-    env = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
     proc = subprocess.run([python, '-c', MIM_LOOKUP],
                           cwd=cwd,
-                          env=env,
+                          env=INSTALLED_ENV,
                           capture_output=True,
                           text=True,
                           timeout=120)
